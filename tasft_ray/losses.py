@@ -1,0 +1,414 @@
+"""TA-SFT losses (Lu, Sinha, Varakantham 2024, https://arxiv.org/abs/2412.06843) and baselines.
+
+Pure torch: no Ray, no I/O, no config objects, so every term can be checked against its maths.
+
+Conventions shared by every function (Hugging Face causal-LM convention):
+    logits: (B, T, V) next-token logits, ``logits[b, t]`` predicts ``labels[b, t + 1]``.
+    labels: (B, T) token ids, ``ignore_index`` (default -100) on prompt and padding positions.
+    kinds:  (B,) int, ``SAFE`` (0) for D_safety-unrelated rows, ``HARMFUL`` (1) for
+            D_safety-related rows (toxic prompt + harmful response).
+
+Memory: logits are only read at response positions, ``chunk_size`` positions at a time, and every
+chunk is recomputed in backward (activation checkpointing), so no loss term keeps a second
+(tokens, V) tensor alive; the only V-sized buffer beyond the logits is the gradient the plain NLL
+needs too. Call tree::
+
+    tasft_loss ─┬─ _sft_term ──────── _map_chunks(_token_logprob)
+                ├─ _emd_term ──────── _map_chunks(_token_emd)
+                ├─ _nlcl_term ─────── _map_chunks(_token_logprob) + log1mexp
+                └─ kto_loss(sequence log-probs, reference log-probs)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+SAFE, HARMFUL = 0, 1
+Reduction = Literal["token_mean", "sequence_sum"]
+_LN2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+@dataclass(frozen=True)
+class _Positions:
+    """Response positions of a batch, flattened: which logit rows predict which targets."""
+
+    rows: Tensor  # (N,) index into logits.reshape(B * T, V)
+    targets: Tensor  # (N,) target token ids
+    seq: Tensor  # (N,) batch row of each position
+    batch_size: int
+
+    @classmethod
+    def of(cls, labels: Tensor, ignore_index: int) -> _Positions:
+        bsz, seqlen = labels.shape
+        shifted = labels[:, 1:]  # (B, T-1): target of logits[:, :-1]
+        b, t = (shifted != ignore_index).nonzero(as_tuple=True)
+        return cls(b * seqlen + t, shifted[b, t], b, bsz)
+
+    def where(self, row_mask: Tensor) -> _Positions:
+        keep = row_mask[self.seq]
+        return _Positions(self.rows[keep], self.targets[keep], self.seq[keep], self.batch_size)
+
+    def per_sequence_sum(self, values: Tensor) -> Tensor:
+        """(N,) per-token values -> (B,) sums; rows without response tokens get 0."""
+        out = values.new_zeros(self.batch_size)
+        return out.index_add(0, self.seq, values)
+
+    def num_sequences(self) -> int:
+        return int(torch.unique(self.seq).numel())
+
+
+def _flat(logits: Tensor) -> Tensor:
+    return logits.reshape(-1, logits.shape[-1])  # (B, T, V) -> (B*T, V)
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """Softmax statistics in fp32 at least (bf16 logits lose the tail that EMD/NLCL need)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _gather_apply(fn: Callable[..., Tensor], flat_logits: Tensor, rows: Tensor, *args) -> Tensor:
+    return fn(_upcast(flat_logits.index_select(0, rows)), *args)
+
+
+def _map_chunks(
+    fn: Callable[..., Tensor],
+    flat_logits: Tensor,
+    pos: _Positions,
+    *extra: Tensor,
+    chunk_size: int | None,
+) -> Tensor:
+    """Apply a per-chunk function ``fn(chunk_logits (c, V), targets (c,), *extra) -> (c, ...)``.
+
+    The one place where chunking happens. With autograd on, each chunk is checkpointed: its
+    (c, V) softmax is freed after forward and recomputed in backward.
+    """
+    n = pos.rows.numel()
+    size = chunk_size or max(n, 1)
+    grad = torch.is_grad_enabled() and flat_logits.requires_grad
+    outs = []
+    for start in range(0, max(n, 1), size):
+        rows = pos.rows[start : start + size]
+        targets = pos.targets[start : start + size]
+        if grad:
+            out = checkpoint(
+                partial(_gather_apply, fn), flat_logits, rows, targets, *extra, use_reentrant=False
+            )
+        else:
+            out = _gather_apply(fn, flat_logits, rows, targets, *extra)
+        outs.append(out)
+    return torch.cat(outs)
+
+
+def _reduce(values: Tensor, pos: _Positions, reduction: Reduction) -> Tensor:
+    """Token values -> scalar; an empty subset gives a 0 that is still attached to the graph."""
+    if values.numel() == 0:
+        return values.sum()
+    if reduction == "token_mean":
+        return values.sum() / values.numel()
+    if reduction == "sequence_sum":
+        return values.sum() / pos.num_sequences()
+    raise ValueError(f"reduction must be 'token_mean' or 'sequence_sum', got {reduction!r}")
+
+
+# ----------------------------------------------------------------------------- per-token maths
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate at both ends (Mächler 2012).
+
+    Near 0, ``log(-expm1(x))`` keeps the digits ``log1p(-exp(x))`` loses; far below, the reverse.
+    The inputs of the branch not taken are replaced by safe values so its gradient is never NaN.
+    """
+    near_zero = x > -_LN2
+    a = torch.where(near_zero, x, torch.full_like(x, -1.0))
+    b = torch.where(near_zero, torch.full_like(x, -1.0), x)
+    return torch.where(near_zero, torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(b)))
+
+
+def _token_logprob(logits: Tensor, targets: Tensor) -> Tensor:
+    """(c, V), (c,) -> (c, 2): [log p(y), log(1 - p(y))], both accurate when p(y) -> 1.
+
+    ``z_y - logsumexp(z)`` rounds to exactly 0 once p(y) > 1 - 6e-8 in fp32, which would make the
+    NLCL loss infinite. The complement mass ``1 - p(y)`` summed over the *other* tokens has no
+    cancellation, and log p(y) = log1mexp(log(1 - p(y))) recovers the lost digits.
+    """
+    lse = torch.logsumexp(logits, dim=-1)  # (c,)
+    z_y = logits.gather(1, targets[:, None]).squeeze(1)  # (c,)
+    others = logits.scatter(1, targets[:, None], float("-inf"))
+    log_comp = torch.logsumexp(others, dim=-1) - lse  # log(1 - p(y))
+    near_one = log_comp < -_LN2  # p(y) > 1/2: the complement is the accurate side
+    safe_comp = torch.where(near_one, log_comp, torch.full_like(log_comp, -1.0))
+    logp = torch.where(near_one, torch.log1p(-torch.exp(safe_comp)), z_y - lse)
+    return torch.stack([logp, log_comp], dim=-1)
+
+
+def _token_emd(logits: Tensor, targets: Tensor, emb: Tensor, inv_norm: Tensor) -> Tensor:
+    """(c, V), (c,), (V, d), (V,) -> (c,): -|| ê_y - Σ_v Q(v) ê_v ||² (the eq. 5 summand).
+
+    Σ_v Q(v) ê_v = (Q / ||e||) @ E: the normalisation is folded into the probabilities so the
+    normalised (V, d) embedding matrix is never materialised.
+    """
+    probs = torch.softmax(logits, dim=-1)  # (c, V)
+    weights = (probs * inv_norm).to(emb.dtype)  # (c, V): Q(v) / ||e_v||
+    expected = (weights @ emb).to(probs.dtype)  # (c, d)
+    target = emb[targets].to(probs.dtype) * inv_norm[targets, None]  # (c, d): ê_y
+    return -(target - expected).pow(2).sum(-1)
+
+
+def _inverse_norms(embeddings: Tensor) -> Tensor:
+    dtype = torch.promote_types(embeddings.dtype, torch.float32)
+    norms = torch.linalg.vector_norm(embeddings, dim=-1, dtype=dtype)
+    return norms.clamp_min(1e-12).reciprocal()  # (V,)
+
+
+# ----------------------------------------------------------------------------- terms
+
+
+def _sft_term(flat: Tensor, pos: _Positions, reduction: Reduction, chunk_size: int | None):
+    nll = -_map_chunks(_token_logprob, flat, pos, chunk_size=chunk_size)[:, 0]
+    return _reduce(nll, pos, reduction)
+
+
+def _emd_term(
+    flat: Tensor,
+    pos: _Positions,
+    embeddings: Tensor,
+    reduction: Reduction,
+    chunk_size: int | None,
+) -> Tensor:
+    emb = embeddings.detach()  # the cost is frozen: no gradient flows into the embeddings
+    values = _map_chunks(_token_emd, flat, pos, emb, _inverse_norms(emb), chunk_size=chunk_size)
+    return _reduce(values, pos, reduction)
+
+
+def _nlcl_term(
+    flat: Tensor,
+    pos: _Positions,
+    variant: Literal["sequence", "token"],
+    reduction: Reduction,
+    chunk_size: int | None,
+) -> Tensor:
+    stats = _map_chunks(_token_logprob, flat, pos, chunk_size=chunk_size)  # (N, 2)
+    if variant == "token":  # unlikelihood: -log(1 - p(y_t)) per token
+        return _reduce(-stats[:, 1], pos, reduction)
+    if variant != "sequence":
+        raise ValueError(f"variant must be 'sequence' or 'token', got {variant!r}")
+    if stats.shape[0] == 0:
+        return stats.sum()
+    has_tokens = torch.zeros(pos.batch_size, dtype=torch.bool, device=flat.device)
+    has_tokens[pos.seq] = True
+    seq_logp = pos.per_sequence_sum(stats[:, 0])[has_tokens]  # (n,) log Q(y | p)
+    # log Q(y|p) = 0 exactly would mean a certain response; keep the loss finite there.
+    seq_logp = seq_logp.clamp_max(-torch.finfo(seq_logp.dtype).tiny)
+    return -log1mexp(seq_logp).mean()
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def sft_loss(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    reduction: Reduction = "token_mean",
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Negative log-likelihood of the response tokens (eq. 1).
+
+    Args:
+        logits: (B, T, V). labels: (B, T) with ``ignore_index`` outside responses.
+        reduction: ``token_mean`` (mean over response tokens, as HF) or ``sequence_sum``
+            (eq. 1 literally: sum over a response's tokens, mean over sequences).
+    Returns:
+        Scalar; 0 when no label is a response token.
+    """
+    return _sft_term(_flat(logits), _Positions.of(labels, ignore_index), reduction, chunk_size)
+
+
+def emd_loss(
+    logits: Tensor,
+    labels: Tensor,
+    embeddings: Tensor,
+    *,
+    reduction: Reduction = "token_mean",
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """EMD lower-bound penalty of eq. 5, to be *minimised* (it is <= 0).
+
+    For each response token y_t with model distribution Q = softmax(logits_t):
+        -|| ê_{y_t} - Σ_v Q(v) ê_v ||²,   ê_v = e_v / ||e_v||
+    P is the one-hot of the data token (Ren et al. 2023), so Σ_v P(v) ê_v = ê_{y_t}. By
+    Proposition 1, the magnitude divided by 2|V|² lower-bounds EMD(P, Q) under the cosine cost
+    d_c(x, y) = 1 - cos(ê_x, ê_y); minimising this term pushes Q's mean embedding away from the
+    harmful token.
+
+    Args:
+        logits: (B, T, V). labels: (B, T).
+        embeddings: (V, d) token embeddings (input embedding or lm_head rows); normalised
+            here and detached, so the cost itself is frozen. V may exceed the logits' V only if
+            the logits are padded identically.
+    Returns:
+        Scalar in [-4, 0].
+    """
+    return _emd_term(
+        _flat(logits), _Positions.of(labels, ignore_index), embeddings, reduction, chunk_size
+    )
+
+
+def nlcl_loss(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    variant: Literal["sequence", "token"] = "sequence",
+    reduction: Reduction = "token_mean",
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Negative log of complementary likelihood, eq. 7: mean_i -log(1 - Q(y_i | p_i)).
+
+    ``sequence`` (the paper): Q(y|p) = Π_t p(y_t) of the whole response, computed in log space
+    with a stable log1mexp, so loss and gradient stay finite for Q -> 1 and Q -> 0; the mean is
+    over sequences. ``token``: the unlikelihood variant -log(1 - p(y_t)) per token, reduced by
+    ``reduction``.
+    """
+    return _nlcl_term(
+        _flat(logits), _Positions.of(labels, ignore_index), variant, reduction, chunk_size
+    )
+
+
+def sequence_logprobs(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """(B,) log Q(y | p): sum of response-token log-probs per sequence (KTO's rewards)."""
+    pos = _Positions.of(labels, ignore_index)
+    stats = _map_chunks(_token_logprob, _flat(logits), pos, chunk_size=chunk_size)
+    return pos.per_sequence_sum(stats[:, 0])
+
+
+def kto_loss(
+    policy_logps: Tensor,
+    reference_logps: Tensor,
+    desirable: Tensor,
+    *,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    kl: Tensor | None = None,
+) -> Tensor:
+    """KTO (Ethayarajh et al. 2024, https://arxiv.org/abs/2402.01306), unpaired.
+
+        r = log π(y|x) - log π_ref(y|x),  z0 = max(KL, 0) (no gradient)
+        loss = mean( λ_D (1 - σ(β (r - z0))) for desirable, λ_U (1 - σ(β (z0 - r))) otherwise )
+
+    Args:
+        policy_logps, reference_logps: (B,) sequence log-probs (see ``sequence_logprobs``); with
+            LoRA the reference is the same model with the adapter disabled.
+        desirable: (B,) bool: safe responses are desirable, harmful ones undesirable.
+        kl: scalar reference-point estimate. Default: the batch mean of r over all rows (the
+            matched-pair estimate; the paper uses mismatched pairs, which costs an extra forward).
+    """
+    rewards = policy_logps - reference_logps
+    if kl is None:
+        kl = rewards.detach().mean() if rewards.numel() else rewards.new_zeros(())
+    z0 = kl.detach().clamp_min(0)
+    values = torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (rewards - z0))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (z0 - rewards))),
+    )
+    return values.mean() if values.numel() else values.sum()
+
+
+@dataclass
+class LossParts:
+    """The terms of eq. 6/8, kept apart for logging."""
+
+    total: Tensor
+    sft: Tensor
+    penalty: Tensor
+    n_safe: int
+    n_harmful: int
+
+
+def tasft_loss(
+    logits: Tensor,
+    labels: Tensor,
+    kinds: Tensor,
+    *,
+    method: Literal["sft", "emd", "nlcl", "kto", "stl"],
+    lam: float = 1.0,
+    embeddings: Tensor | None = None,
+    reference_logps: Tensor | None = None,
+    reduction: Reduction = "token_mean",
+    nlcl_variant: Literal["sequence", "token"] = "sequence",
+    kto_beta: float = 0.1,
+    kto_desirable_weight: float = 1.0,
+    kto_undesirable_weight: float = 1.0,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+) -> LossParts:
+    """Eq. 6 / eq. 8: L = L_SFT(safe rows of the batch) + λ · L_penalty(harmful rows).
+
+    A term whose rows are absent from the batch is 0. ``sft`` and ``stl`` train on the safe rows
+    only (for ``stl`` the safety data are safe refusals, so every row is safe); ``kto`` replaces
+    both terms by the KTO loss (safe = desirable, harmful = undesirable) and reports the safe-row
+    NLL as ``sft`` without gradient.
+
+    Args:
+        logits: (B, T, V). labels: (B, T). kinds: (B,) SAFE/HARMFUL.
+        embeddings: (V, d), required for ``emd``.
+        reference_logps: (B,) sequence log-probs under the reference model, required for ``kto``.
+    """
+    flat = _flat(logits)
+    pos = _Positions.of(labels, ignore_index)
+    safe_rows, harmful_rows = kinds == SAFE, kinds == HARMFUL
+    safe, harmful = pos.where(safe_rows), pos.where(harmful_rows)
+    n_safe, n_harmful = int(safe_rows.sum()), int(harmful_rows.sum())
+
+    if method == "kto":
+        if reference_logps is None:
+            raise ValueError("method 'kto' needs reference_logps (adapter-disabled log-probs)")
+        stats = _map_chunks(_token_logprob, flat, pos, chunk_size=chunk_size)
+        policy = pos.per_sequence_sum(stats[:, 0])
+        total = kto_loss(
+            policy,
+            reference_logps,
+            safe_rows,
+            beta=kto_beta,
+            desirable_weight=kto_desirable_weight,
+            undesirable_weight=kto_undesirable_weight,
+        )
+        with torch.no_grad():
+            sft = _reduce(-stats[:, 0][safe_rows[pos.seq]], safe, reduction)
+        return LossParts(total, sft, total.detach(), n_safe, n_harmful)
+
+    sft = _sft_term(flat, safe, reduction, chunk_size)
+    if method in ("sft", "stl") or harmful.rows.numel() == 0:
+        penalty = flat.new_zeros(())
+    elif method == "emd":
+        if embeddings is None:
+            raise ValueError("method 'emd' needs the (V, d) token embeddings")
+        penalty = _emd_term(flat, harmful, embeddings, reduction, chunk_size)
+    elif method == "nlcl":
+        penalty = _nlcl_term(flat, harmful, nlcl_variant, reduction, chunk_size)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return LossParts(sft + lam * penalty, sft, penalty, n_safe, n_harmful)

@@ -1,0 +1,110 @@
+"""Config: YAML + dotted overrides -> one validated object; every bad input is one clear line."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasft_ray.cli import main
+from tasft_ray.config import CONFIG_DIR, Config, ConfigError, flatten, load_config
+
+
+def test_every_shipped_config_validates():
+    for path in sorted(CONFIG_DIR.rglob("*.yaml")):
+        cfg = load_config(path)
+        assert isinstance(cfg, Config)
+
+
+def test_paper_defaults():
+    cfg = Config()
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (8, 16, 0.05)
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert (cfg.train.lr, cfg.train.micro_batch_size, cfg.train.grad_accum) == (1e-4, 3, 32)
+
+
+def test_bare_name_and_overrides_parse_as_yaml():
+    cfg = load_config("tiny", ["loss.lam=2.5", "loss.method=nlcl", "lora.target_modules=[q_proj]"])
+    assert cfg.loss.lam == 2.5 and cfg.loss.method == "nlcl"
+    assert cfg.lora.target_modules == ["q_proj"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("loss.lam=-1", "loss.lam: Input should be greater than or equal to 0 (got -1)"),
+        ("loss.lamda=1", "loss.lamda: unknown key"),
+        ("modle.name=x", "modle: unknown key"),
+        ("loss.method=dpo", "loss.method: Input should be 'sft', 'emd', 'nlcl', 'kto' or 'stl'"),
+        ("data.toxic_count=-3", "data.toxic_count: Input should be greater than or equal to 0"),
+        (
+            "data.safe={path: /no/such/file.json, format: alpaca}",
+            "data.safe: file not found: /no/such/file.json",
+        ),
+        ("data.safe={path: /tmp}", "data.safe: 'format' is required with 'path'"),
+        (
+            "train.global_batch_size=96",
+            "train.global_batch_size=96 but micro_batch_size x grad_accum x num_workers = 8",
+        ),
+        (
+            "sweep.space={loss.lambda: {grid: [0, 1]}}",
+            "sweep.space key 'loss.lambda' is not a config key",
+        ),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_key(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config("tiny", [override])
+    msg = str(info.value)
+    assert expected in msg, msg
+    assert "\n" not in msg
+    assert msg.startswith(str(CONFIG_DIR / "tiny.yaml"))
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config("tiny", ["loss.lam"])
+    with pytest.raises(ConfigError, match="'loss.lam' is a value, not a section"):
+        load_config("tiny", ["loss.lam.x=1"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: nope"):
+        load_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss: {lam: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+ invalid YAML"):
+        load_config(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+
+
+def test_global_batch_matches_paper():
+    cfg = load_config(
+        "tiny", ["train.micro_batch_size=3", "train.grad_accum=32", "train.global_batch_size=96"]
+    )
+    assert cfg.train.global_batch_size == 96
+
+
+def test_with_overrides_revalidates():
+    cfg = load_config("tiny")
+    assert cfg.with_overrides({"loss.lam": 4.0}).loss.lam == 4.0
+    with pytest.raises(ConfigError, match="loss.lam"):
+        cfg.with_overrides({"loss.lam": -4.0})
+
+
+def test_flatten_round_trip_keys():
+    flat = flatten(Config().model_dump(mode="json"))
+    assert flat["loss.lam"] == 1.0 and flat["lora.r"] == 8
+    assert "data.safe.name" in flat
+
+
+def test_cli_prints_one_line_error(capsys):
+    assert main(["config", "--config", "tiny", "--set", "loss.lam=-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "loss.lam" in err and err.startswith("tasft-ray: error:")
+
+
+def test_cli_config_prints_resolved_yaml(capsys):
+    assert main(["config", "--config", "tiny", "--set", "loss.lam=0.5"]) == 0
+    assert "lam: 0.5" in capsys.readouterr().out

@@ -1,0 +1,163 @@
+"""The single-process training loop on the tiny model: behaviour, resume, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tasft_ray.config import REPO_ROOT, load_config
+from tasft_ray.data.mixture import collate
+from tasft_ray.losses import HARMFUL, SAFE, sequence_logprobs
+from tasft_ray.train import METRICS_FILE, TASFTTrainer, list_checkpoints, run_training
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config("tiny", [f"train.output_dir={tmp_path}", *overrides])
+
+
+def _mean_token_logprob(trainer: TASFTTrainer, kind: int) -> float:
+    """Mean per-token log-likelihood of the mixture's responses of one kind, dropout off."""
+    subset = trainer.mixture.subset(kind)
+    trainer.model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(subset), 8):
+            batch = collate(
+                subset, range(start, min(start + 8, len(subset))), trainer.tokenizer.pad_token_id
+            )
+            logits = trainer.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            total += float(sequence_logprobs(logits, batch["labels"]).sum())
+            tokens += int((batch["labels"][:, 1:] != -100).sum())
+    trainer.model.train()
+    return total / tokens
+
+
+def test_emd_penalty_lowers_harmful_likelihood_versus_lambda_zero(tmp_path):
+    common = ("train.max_steps=30", "train.checkpoint_every=0", "train.lr=3e-2")
+    results = {}
+    for lam in (0.0, 5.0):
+        trainer = TASFTTrainer(_cfg(tmp_path / f"lam{lam}", *common, f"loss.lam={lam}"))
+        before = _mean_token_logprob(trainer, HARMFUL)
+        trainer.fit(progress=False)
+        results[lam] = (
+            before,
+            _mean_token_logprob(trainer, HARMFUL),
+            _mean_token_logprob(trainer, SAFE),
+        )
+    (b0, harm0, _), (b5, harm5, safe5) = results[0.0], results[5.0]
+    assert b0 == pytest.approx(b5)  # same seed, same start
+    assert harm0 > b0  # plain SFT on safe data also makes the harmful text more likely ...
+    assert harm5 < harm0 - 0.2  # ... and the EMD penalty pushes it back down (measured: 0.48)
+    assert safe5 > b0 + 0.5  # while the safe data is still learned
+
+
+def test_resume_gives_identical_adapter(tmp_path):
+    def adapter(trainer):
+        return {
+            k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad
+        }
+
+    straight = TASFTTrainer(_cfg(tmp_path / "a", "train.max_steps=20", "train.checkpoint_every=10"))
+    straight.fit(progress=False)
+    want = adapter(straight)
+
+    first = TASFTTrainer(_cfg(tmp_path / "b", "train.max_steps=20", "train.checkpoint_every=10"))
+    for _ in range(10):
+        first.train_step()
+    ckpt = first.save_checkpoint(tmp_path / "b" / "checkpoints" / "step_000010")
+    del first
+    resumed = TASFTTrainer(_cfg(tmp_path / "b", "train.max_steps=20", "train.checkpoint_every=10"))
+    resumed.load_checkpoint(ckpt)
+    assert resumed.step == 10
+    resumed.fit(progress=False)
+    got = adapter(resumed)
+    assert got.keys() == want.keys() and len(got) > 0
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    # the adapters really trained (lora_B starts at zero)
+    assert any(v.abs().sum() > 0 for k, v in got.items() if "lora_B" in k)
+
+
+def test_run_training_resume_keeps_metrics_continuous(tmp_path):
+    import shutil
+
+    cfg = _cfg(
+        tmp_path, "train.max_steps=6", "train.checkpoint_every=3", "train.keep_checkpoints=2"
+    )
+    run_training(cfg, progress=False)
+    rows = [json.loads(r) for r in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(r["n_harmful"] + r["n_safe"] == 8 for r in rows)
+    # a crash after step 5: the step-6 checkpoint never landed, metrics 4..5 did
+    shutil.rmtree(tmp_path / "checkpoints" / "step_000006")
+    lines = (tmp_path / METRICS_FILE).read_text().splitlines()
+    (tmp_path / METRICS_FILE).write_text("\n".join(lines[:5]) + "\n")
+    result = run_training(cfg, resume=True, progress=False)
+    assert result.step == 6
+    steps = [json.loads(r)["step"] for r in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 4 and 5 replaced, none repeated
+    assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step_000003",
+        "step_000006",
+    ]
+
+
+def test_fresh_run_refuses_to_mix_with_old_checkpoints(tmp_path):
+    cfg = _cfg(tmp_path, "train.max_steps=2", "train.checkpoint_every=0")
+    run_training(cfg, progress=False)
+    with pytest.raises(ValueError, match="already has checkpoints .*step_000002.*--resume"):
+        run_training(cfg, progress=False)
+
+
+@pytest.mark.parametrize("method", ["nlcl", "kto", "stl", "sft"])
+def test_every_method_trains(tmp_path, method):
+    cfg = _cfg(tmp_path, f"loss.method={method}", "train.max_steps=3", "train.checkpoint_every=0")
+    trainer = TASFTTrainer(cfg)
+    counts = trainer.mixture.counts()
+    if method in ("sft", "stl"):
+        assert counts["harmful"] == 0
+        assert counts["safe"] == 64 + (16 if method == "stl" else 0)
+    else:
+        assert counts == {"safe": 64, "harmful": 16}
+    result = trainer.fit(progress=False)
+    assert result.step == 3 and torch.isfinite(torch.tensor(result.metrics["loss/total"]))
+    assert (result.checkpoint / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_toxic_count_larger_than_available_is_one_line(tmp_path):
+    from tasft_ray.data.sources import DataError
+
+    with pytest.raises(
+        DataError, match=r"data.toxic_count=100000 but data.harmful \(jbb_jailbroken\)"
+    ):
+        TASFTTrainer(_cfg(tmp_path, "data.toxic_count=100000"))
+
+
+def test_cli_train_smoke_test(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tasft_ray",
+            "train",
+            "--config",
+            "tiny",
+            "--smoke-test",
+            "--set",
+            f"train.output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "trained 2 steps" in proc.stdout
+    assert (tmp_path / "checkpoints" / "step_000002" / "adapter").is_dir()
+    assert (tmp_path / "config.yaml").is_file()
