@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from tasft_ray.config import ConfigError, load_config
+from tasft_ray.config import UserError, load_config
 
 EPILOG_TRAIN = """examples:
   tasft-ray train --config tiny                       # seconds, built-in tiny model
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tasft-ray", description="TA-SFT fine-tuning with EMD / NLCL safety penalties."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "tune", add_help=False, help="Ray Tune sweep; same as python -m tasft_ray.tune (see --help)"
+    )
     train = sub.add_parser(
         "train",
         help="fine-tune with LoRA on one process",
@@ -65,11 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tune"]:  # the same entry point as `python -m tasft_ray.tune`
+        from tasft_ray.tune import main as tune_main
+
+        return tune_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from tasft_ray.data.sources import DataError
-    from tasft_ray.models import ModelError
-
     try:
         overrides = list(args.overrides)
         if getattr(args, "smoke_test", False):
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         loss = result.metrics.get("loss/total", float("nan"))
         print(f"trained {result.step} steps; final loss {loss:.4f}; checkpoint {result.checkpoint}")
         return 0
-    except (ConfigError, DataError, ModelError) as exc:
+    except UserError as exc:
         print(f"tasft-ray: error: {exc}", file=sys.stderr)
         return 2
 

@@ -25,7 +25,11 @@ SourceFormat = Literal[
 ]
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """Bad input from the user: the CLIs print its one-line message and exit with code 2."""
+
+
+class ConfigError(UserError):
     """A configuration problem, phrased as one line that names the key and the fix."""
 
 
@@ -165,6 +169,26 @@ class TrainConfig(_Section):
     log_every: int = Field(1, ge=1)
 
 
+class EngineConfig(_Section):
+    kind: Literal["auto", "ddp", "deepspeed"] = Field(
+        "auto", description="auto: DeepSpeed when CUDA is present, else DDP."
+    )
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="DeepSpeed mixed precision (GPU only; CPU runs stay fp32)."
+    )
+    use_gpu: bool = Field(False, description="One GPU per Ray Train worker.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs per Ray Train worker.")
+    max_failures: int = Field(
+        1, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited)."
+    )
+    fail_at_step: int | None = Field(
+        None,
+        ge=1,
+        description="Test hook: rank 0 raises once on reaching this step (fault-tolerance tests).",
+    )
+
+
 class TrackingConfig(_Section):
     uri: str | None = Field(
         None,
@@ -189,15 +213,27 @@ class SweepParam(_Section):
 
 
 class SweepConfig(_Section):
+    name: str = Field("sweep", min_length=1, description="Tune experiment name (a folder).")
+    storage: str = Field("runs/ray", description="Ray storage path for trials and checkpoints.")
     space: dict[str, SweepParam] = Field(
         default_factory=dict,
         description="Dotted config key -> values, e.g. loss.lam: {grid: [0, 1]}.",
     )
+    cases: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Linked overrides, crossed with `space`: each case is one set of dotted keys, "
+        "e.g. {loss.method: emd, data.toxic_count: 100, loss.lam: 9.0} (paper Table 4).",
+    )
     search: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1, description="Samples (x each grid point).")
     max_concurrent_trials: int = Field(1, ge=1)
-    metric: str = "train/total"
+    metric: str = Field("loss/total", description="Reported metric that ranks trials.")
     mode: Literal["min", "max"] = "min"
+    scheduler: Literal["none", "asha"] = Field("none", description="ASHA early stopping.")
+    grace_steps: int = Field(5, ge=1, description="ASHA: steps before a trial may be stopped.")
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs for a local Ray (default: enough for the sweep)."
+    )
 
 
 class EvalConfig(_Section):
@@ -217,6 +253,7 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -239,6 +276,10 @@ class Config(_Section):
         for key in self.sweep.space:
             if key not in known:
                 raise ValueError(f"sweep.space key '{key}' is not a config key")
+        for i, case in enumerate(self.sweep.cases):
+            for key in case:
+                if key not in known:
+                    raise ValueError(f"sweep.cases[{i}] key '{key}' is not a config key")
         return self
 
     @property

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import torch
 
-from tasft_ray.config import LoraConfig, ModelConfig, cache_root
+from tasft_ray.config import LoraConfig, ModelConfig, UserError, cache_root
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model spec that cannot be loaded, phrased as one line naming model.name."""
 
 

@@ -1,7 +1,7 @@
 """The TA-SFT training loop of one worker: micro-batches, accumulation, checkpoints, resume.
 
-Written as the function a Ray Train worker calls (rank / world size come in, metrics and
-checkpoints go out through callbacks), and runnable on its own: ``tasft-ray train --config tiny``.
+``TASFTTrainer`` has no Ray inside: ``tasft-ray train`` runs it on one process, and
+``train_loop_per_worker`` runs it inside a Ray Train worker (see ``tasft_ray.ray_train``).
 
 Data order is a pure function of (seed, epoch) and the optimizer step fixes the position in the
 stream of micro-batches, so a resumed run replays exactly the batches a straight run would have
@@ -24,17 +24,25 @@ import torch
 
 from tasft_ray.config import Config, ConfigError
 from tasft_ray.data.mixture import Mixture, build_mixture, collate, epoch_order
+from tasft_ray.engine import build_engine
 from tasft_ray.losses import LossParts, sequence_logprobs, tasft_loss
 from tasft_ray.models import attach_lora, embedding_matrix, load_model
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.pt"
 ADAPTER_DIR = "adapter"
 METRICS_FILE = "metrics.jsonl"
+STATE_FILE = "trainer_state.json"
 
 MetricsFn = Callable[[dict], None]
-CheckpointFn = Callable[[Path, dict], None]
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+class InjectedFault(RuntimeError):
+    """Raised once by the engine.fail_at_step test hook."""
 
 
 @dataclass
@@ -45,16 +53,22 @@ class TrainResult:
 
 
 class TASFTTrainer:
-    """Owns model, data, optimizer and schedule for one worker; no Ray inside."""
+    """Owns model, data, engine and schedule for one worker."""
 
     def __init__(
-        self, cfg: Config, rank: int = 0, world_size: int = 1, mixture: Mixture | None = None
+        self,
+        cfg: Config,
+        rank: int = 0,
+        world_size: int = 1,
+        mixture: Mixture | None = None,
+        device: torch.device | None = None,
     ):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         t = cfg.train
         torch.manual_seed(t.seed + rank)  # LoRA init and dropout; offset per rank
         self.tokenizer, base = load_model(cfg.model, seed=t.seed)
-        self.model = attach_lora(base, cfg.lora)
+        self.device = device or torch.device("cpu")
+        self.model = attach_lora(base, cfg.lora).to(self.device)
         self.model.train()
         self.mixture = (
             mixture
@@ -69,14 +83,13 @@ class TASFTTrainer:
             )
         steps_per_epoch = self.micro_per_epoch / t.grad_accum
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+        # Copy, not a view: ZeRO-3 partitions the frozen embedding too once the engine starts.
         self.embeddings = (
-            embedding_matrix(self.model, cfg.loss.emd_embedding)
+            embedding_matrix(self.model, cfg.loss.emd_embedding).clone()
             if cfg.loss.method == "emd"
             else None
         )
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-        self.scheduler = _scheduler(self.optimizer, cfg, self.total_steps)
+        self.engine = build_engine(self.model, cfg, self.total_steps, rank, world_size)
         self.step = 0
         self._order_cache: tuple[int, list[int]] | None = None
 
@@ -91,7 +104,8 @@ class TASFTTrainer:
             shard = order[self.rank :: self.world_size][: self.micro_per_epoch * t.micro_batch_size]
             self._order_cache = (epoch, shard)
         idx = self._order_cache[1][within * t.micro_batch_size : (within + 1) * t.micro_batch_size]
-        return collate(self.mixture, idx, self.tokenizer.pad_token_id)
+        batch = collate(self.mixture, idx, self.tokenizer.pad_token_id)
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def micro_batches(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
         first = step * self.cfg.train.grad_accum
@@ -102,15 +116,12 @@ class TASFTTrainer:
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossParts:
         lc = self.cfg.loss
-        logits = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits  # (B, T, V)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        logits = self.engine.model(**inputs).logits  # (B, T, V)
         reference = None
         if lc.method == "kto":  # with LoRA the reference model is the adapter switched off
             with torch.no_grad(), self.model.disable_adapter():
-                ref_logits = self.model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
+                ref_logits = self.engine.model(**inputs).logits
                 reference = sequence_logprobs(ref_logits, batch["labels"], chunk_size=lc.chunk_size)
         return tasft_loss(
             logits,
@@ -134,19 +145,16 @@ class TASFTTrainer:
         start = time.perf_counter()
         sums = {"total": 0.0, "sft": 0.0, "penalty": 0.0}
         tokens = n_safe = n_harmful = 0
-        for batch in self.micro_batches(self.step):
-            parts = self.loss(batch)
-            (parts.total / t.grad_accum).backward()
+        lr = self.engine.lr()
+        for i, batch in enumerate(self.micro_batches(self.step)):
+            with self.engine.accumulate(last=i == t.grad_accum - 1):
+                parts = self.loss(batch)
+                self.engine.backward(parts.total)
             for key in sums:
                 sums[key] += float(getattr(parts, key).detach()) / t.grad_accum
             tokens += int(batch["attention_mask"].sum())
             n_safe, n_harmful = n_safe + parts.n_safe, n_harmful + parts.n_harmful
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm or float("inf"))
-        lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        norm = self.engine.step()
         self.step += 1
         elapsed = time.perf_counter() - start
         return {
@@ -156,7 +164,7 @@ class TASFTTrainer:
             "loss/sft": sums["sft"],
             "loss/penalty": sums["penalty"],
             "lr": lr,
-            "grad_norm": float(norm),
+            "grad_norm": norm,
             "tokens_per_s": tokens / elapsed,
             "n_safe": n_safe,
             "n_harmful": n_harmful,
@@ -164,22 +172,27 @@ class TASFTTrainer:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def write_checkpoint(self, directory: Path) -> None:
+        """This rank's share of a checkpoint: adapter + step (rank 0), RNG, engine state.
+
+        Every rank writes into its own ``directory``; Ray merges the ranks' directories into one
+        checkpoint, and a local run passes the same directory on its single rank.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        with self.engine.full_parameters():
+            if self.rank == 0:
+                self.model.save_pretrained(directory / ADAPTER_DIR)
+        if self.rank == 0:
+            (directory / STATE_FILE).write_text(json.dumps({"step": self.step}))
+        torch.save(torch.get_rng_state(), directory / _rng_file(self.rank))
+        self.engine.save(directory)
+
     def save_checkpoint(self, directory: Path) -> Path:
-        """Adapter + optimizer + schedule + step + RNG, written to a temp dir then renamed."""
+        """A complete single-process checkpoint, written to a temp dir then renamed."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-        self.model.save_pretrained(tmp / ADAPTER_DIR)
-        torch.save(
-            {
-                "step": self.step,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "config": self.cfg.model_dump(mode="json"),
-            },
-            tmp / STATE_FILE,
-        )
+        self.write_checkpoint(tmp)
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
@@ -190,28 +203,30 @@ class TASFTTrainer:
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        state = torch.load(directory / STATE_FILE, weights_only=False)
         adapter = load_file(str(directory / ADAPTER_DIR / "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(self.model, adapter)
+        with self.engine.full_parameters():
+            result = set_peft_model_state_dict(self.model, adapter)
         if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"{directory}: adapter does not match the model ({result})")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
+            raise ConfigError(f"{directory}: adapter does not match the model ({result})")
+        self.engine.load(directory)
+        rng = directory / _rng_file(self.rank)
+        if rng.is_file():  # absent when resuming on more ranks than wrote the checkpoint
+            torch.set_rng_state(torch.load(rng))
+        self.step = int(json.loads((directory / STATE_FILE).read_text())["step"])
 
     # ------------------------------------------------------------------ loop
 
     def fit(
         self,
         on_metrics: MetricsFn | None = None,
-        on_checkpoint: CheckpointFn | None = None,
+        on_checkpoint: Callable[[dict], Path | None] | None = None,
         progress: bool = True,
     ) -> TrainResult:
+        """Train to total_steps; ``on_checkpoint(metrics)`` persists one when due."""
         from tqdm.auto import tqdm
 
-        t = self.cfg.train
-        ckpt_root = Path(t.output_dir) / "checkpoints"
+        t, e = self.cfg.train, self.cfg.engine
+        on_checkpoint = on_checkpoint or self._local_checkpoint
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -220,32 +235,34 @@ class TASFTTrainer:
             disable=not progress or self.rank != 0,
         )
         metrics: dict = {}
-        last_ckpt = None
+        last = None
         while self.step < self.total_steps:
             metrics = self.train_step()
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{metrics['loss/total']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}"
-            )
-            if on_metrics and self.step % t.log_every == 0:
-                on_metrics(metrics)
+            bar.set_postfix(loss=f"{metrics['loss/total']:.4f}")
+            if e.fail_at_step == self.step and self.rank == 0:
+                _fail_once(Path(t.output_dir) / ".fault_injected", self.step)
             due = t.checkpoint_every and self.step % t.checkpoint_every == 0
             if due or self.step == self.total_steps:
-                last_ckpt = self.save_checkpoint(ckpt_root / f"step_{self.step:06d}")
-                _prune(ckpt_root, t.keep_checkpoints)
-                if on_checkpoint:
-                    on_checkpoint(last_ckpt, metrics)
+                last = on_checkpoint(metrics)
+            elif on_metrics and self.step % t.log_every == 0:
+                on_metrics(metrics)
         bar.close()
-        return TrainResult(self.step, metrics, last_ckpt)
+        return TrainResult(self.step, metrics, last)
+
+    def _local_checkpoint(self, metrics: dict) -> Path:
+        root = Path(self.cfg.train.output_dir) / "checkpoints"
+        path = self.save_checkpoint(root / f"step_{self.step:06d}")
+        _prune(root, self.cfg.train.keep_checkpoints)
+        return path
 
 
-def _scheduler(optimizer, cfg: Config, total_steps: int):
-    from transformers import get_scheduler
-
-    t = cfg.train
-    warmup = t.warmup_steps if t.warmup_steps is not None else round(t.warmup_ratio * total_steps)
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+def _fail_once(marker: Path, step: int) -> None:
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(step))
+    raise InjectedFault(f"engine.fail_at_step: injected failure at step {step}")
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -280,7 +297,12 @@ class MetricsLog:
 
 def run_training(cfg: Config, resume: str | Path | bool | None = None, progress: bool = True):
     """Single-process training as `tasft-ray train` runs it; returns a TrainResult."""
-    trainer = TASFTTrainer(cfg)
+    if cfg.engine.kind == "deepspeed":
+        raise ConfigError(
+            "engine.kind=deepspeed needs a distributed launch: use python -m tasft_ray.tune "
+            "(Ray Train), or engine.kind=ddp for one process"
+        )
+    cfg = cfg.with_overrides({"engine.kind": "ddp"})  # one process: plain torch
     ckpt_root = Path(cfg.train.output_dir) / "checkpoints"
     found = list_checkpoints(ckpt_root)
     if resume is True:
@@ -292,10 +314,19 @@ def run_training(cfg: Config, resume: str | Path | bool | None = None, progress:
             f"train.output_dir {cfg.train.output_dir} already has checkpoints (latest "
             f"{found[-1].name}); pass --resume to continue, or choose another output_dir"
         )
+    gpu = cfg.engine.use_gpu and torch.cuda.is_available()
+    trainer = TASFTTrainer(cfg, device=torch.device("cuda" if gpu else "cpu"))
     if resume:
         trainer.load_checkpoint(Path(resume))
         log.info("resumed from %s at step %d", resume, trainer.step)
-    Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.train.output_dir) / "config.yaml").write_text(cfg.to_yaml())
-    metrics_log = MetricsLog(Path(cfg.train.output_dir) / METRICS_FILE, trainer.step)
-    return trainer.fit(on_metrics=metrics_log, progress=progress)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    metrics_log = MetricsLog(out / METRICS_FILE, trainer.step)
+
+    def checkpoint(metrics: dict) -> Path:
+        path = trainer._local_checkpoint(metrics)
+        metrics_log(metrics)
+        return path
+
+    return trainer.fit(on_metrics=metrics_log, on_checkpoint=checkpoint, progress=progress)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tasft_ray.config import UserError
+
 if TYPE_CHECKING:
     from tasft_ray.config import SourceConfig
 
@@ -35,7 +37,7 @@ FOLDER_FORMATS = frozenset({"jbb"})
 XSTEST_LABELS = ("safe", "unsafe")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data problem, phrased as one line that names the file, the record and the field."""
 
 

@@ -1,0 +1,89 @@
+"""Ray Train: the worker function and the TorchTrainer that runs it (Train V2 API).
+
+The worker builds a ``TASFTTrainer`` and hands it two callbacks; the numbered comments mark the
+only Ray lines. Rank 0 alone writes to MLflow, and only at checkpoints (see ``StepLogger``), so
+a restarted worker group never logs a step twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from tasft_ray.config import Config
+from tasft_ray.train import TASFTTrainer
+
+log = logging.getLogger(__name__)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = Config.model_validate(loop_config["config"])
+    ctx = ray.train.get_context()  # [1] who am I
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    trainer = TASFTTrainer(cfg, rank, world, device=ray.train.torch.get_device())
+
+    checkpoint = ray.train.get_checkpoint()  # [2] resume after a failure or a restore
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            trainer.load_checkpoint(Path(directory))
+        log.info("rank %d resumed at step %d", rank, trainer.step)
+
+    mlflow = loop_config.get("mlflow")
+    steps = None
+    if rank == 0 and mlflow:
+        from tasft_ray.tracking import StepLogger
+
+        steps = StepLogger(mlflow["uri"], mlflow["run_id"])
+
+    def on_metrics(metrics: dict) -> None:
+        if steps:
+            steps.add(metrics)
+        ray.train.report(metrics)  # [3] every rank, every logged step (a barrier)
+
+    def on_checkpoint(metrics: dict) -> Path:
+        local = Path(tempfile.mkdtemp(prefix="tasft_ckpt_"))
+        trainer.write_checkpoint(local)  # each rank its share; Ray merges the directories
+        if steps:
+            steps.add(metrics)
+            steps.flush()
+        # [4] persist the checkpoint with this step's metrics
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(local)))
+        return local
+
+    trainer.fit(on_metrics=on_metrics, on_checkpoint=on_checkpoint, progress=rank == 0)
+
+
+def build_trainer(
+    cfg: Config,
+    name: str,
+    storage: str,
+    mlflow: dict | None = None,
+    callbacks: list | None = None,
+):
+    """A TorchTrainer for one training run of ``cfg`` (one Tune trial, or a plain fit)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    e = cfg.engine
+    backend = "nccl" if e.use_gpu else "gloo"
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow": mlflow},
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=e.use_gpu,
+            resources_per_worker={"CPU": e.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=e.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=callbacks or [],
+        ),
+    )

@@ -1,0 +1,148 @@
+"""MLflow: where runs go, one parent run per sweep, one child run per trial, rank-0 step logging.
+
+Default store: ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts`` (the file
+store is in maintenance mode in MLflow 3). Any URI from ``tracking.uri`` or
+``MLFLOW_TRACKING_URI`` works, including an ``mlflow server``; an unreachable server fails fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tasft_ray.config import Config, ConfigError, flatten
+
+log = logging.getLogger(__name__)
+
+TRIAL_TAG = "tasft.trial_id"
+SWEEP_TAG = "tasft.sweep"
+PARENT_TAG = "mlflow.parentRunId"
+PARENT_RUN_FILE = "mlflow_parent_run_id"
+
+
+def tracking_uri(cfg: Config) -> str:
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """One line, before any work starts, if the tracking server cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+                resp.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(
+                f"tracking.uri {uri}: MLflow server unreachable ({reason}); start one with "
+                "`mlflow server --backend-store-uri sqlite:///mlflow.db` or use a sqlite:/// URI"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Beside a sqlite store; without it Ray workers would put artifacts under /tmp/ray."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+    return None
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=_artifact_location(uri, name))
+
+
+def log_params(uri: str, run_id: str, cfg: Config) -> None:
+    """Every config value as a param (dotted keys), in batches of MLflow's 100 limit."""
+    from mlflow.entities import Param
+
+    params = [
+        Param(k, str(v)[:6000]) for k, v in sorted(flatten(cfg.model_dump(mode="json")).items())
+    ]
+    c = client(uri)
+    for i in range(0, len(params), 100):
+        c.log_batch(run_id, params=params[i : i + 100])
+
+
+def start_parent_run(uri: str, cfg: Config, sweep_dir: Path) -> str:
+    """The sweep's parent run; its id is kept in the sweep folder so --resume reuses it."""
+    marker = sweep_dir / PARENT_RUN_FILE
+    if marker.is_file():
+        return marker.read_text().strip()
+    exp = ensure_experiment(uri, cfg.tracking.experiment)
+    run = client(uri).create_run(exp, run_name=cfg.sweep.name, tags={SWEEP_TAG: cfg.sweep.name})
+    log_params(uri, run.info.run_id, cfg)
+    client(uri).log_text(run.info.run_id, cfg.to_yaml(), "config.yaml")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run.info.run_id)
+    return run.info.run_id
+
+
+def child_run(uri: str, cfg: Config, parent_id: str, trial_id: str, trial_name: str) -> str:
+    """The trial's child run; a restored trial finds and reuses its earlier one."""
+    c = client(uri)
+    exp = ensure_experiment(uri, cfg.tracking.experiment)
+    found = c.search_runs(
+        [exp],
+        filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{parent_id}'",
+    )
+    if found:
+        return found[0].info.run_id
+    run = c.create_run(exp, run_name=trial_name, tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id})
+    log_params(uri, run.info.run_id, cfg)
+    c.log_text(run.info.run_id, cfg.to_yaml(), "config.yaml")
+    return run.info.run_id
+
+
+class StepLogger:
+    """Rank 0's per-step metrics, written to MLflow when a checkpoint is taken.
+
+    Steps after the last checkpoint are re-run after a worker failure, so they are held back
+    until the next checkpoint, and steps MLflow already has are skipped: each step appears
+    exactly once in the run's history, however often the worker group restarts.
+    """
+
+    def __init__(self, uri: str, run_id: str, key: str = "loss/total"):
+        self.uri, self.run_id, self.key = uri, run_id, key
+        self.pending: list[dict] = []
+        history = client(uri).get_metric_history(run_id, key)
+        self.logged_up_to = max((m.step for m in history), default=0)
+
+    def add(self, metrics: dict) -> None:
+        self.pending.append(metrics)
+
+    def flush(self) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, int(m["step"]))
+            for m in self.pending
+            if m["step"] > self.logged_up_to
+            for k, v in m.items()
+            if k != "step" and isinstance(v, (int, float))
+        ]
+        for i in range(0, len(batch), 1000):
+            client(self.uri).log_batch(self.run_id, metrics=batch[i : i + 1000])
+        if self.pending:
+            self.logged_up_to = max(self.logged_up_to, max(m["step"] for m in self.pending))
+        self.pending = []
+
+
+def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(uri).set_terminated(run_id, status=status)

@@ -1,0 +1,378 @@
+"""Ray Tune over Ray Train with MLflow, on the tiny model and real local Ray clusters.
+
+Each sweep runs as the real CLI (`python -m tasft_ray.tune`) in a subprocess with its own local
+Ray, so the tests exercise exactly what users run; results are read back from the sqlite MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasft_ray import tracking
+from tasft_ray.config import REPO_ROOT, ConfigError, load_config
+from tasft_ray.data.mixture import build_mixture, collate
+from tasft_ray.losses import tasft_loss
+from tasft_ray.models import attach_lora, load_model
+from tasft_ray.tune import logical_cpus, param_space, trial_overrides
+
+SWEEP_TIMEOUT = 900
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["RAY_TMPDIR"] = "/tmp"  # short socket paths
+    return env
+
+
+def _tune_cmd(tmp_path: Path, *overrides: str) -> list[str]:
+    sets = [
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"sweep.storage={tmp_path / 'ray'}",
+        "train.max_steps=4",
+        "train.checkpoint_every=2",
+        "lora.dropout=0",
+        *overrides,
+    ]
+    cmd = [sys.executable, "-m", "tasft_ray.tune", "--config", "tiny"]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=SWEEP_TIMEOUT,
+    )
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+    return proc
+
+
+def _runs(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("tasft-ray")
+    runs = c.search_runs([exp.experiment_id])
+    parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if tracking.PARENT_TAG in r.data.tags]
+    return c, parents, children
+
+
+def _steps(c, run) -> list[int]:
+    return sorted(m.step for m in c.get_metric_history(run.info.run_id, "loss/total"))
+
+
+# ----------------------------------------------------------------------------- unit level
+
+
+def test_param_space_and_cases():
+    cfg = load_config(
+        "tiny",
+        [
+            "sweep.space={loss.lam: {grid: [0, 1]}, train.lr: {loguniform: [1.0e-5, 1.0e-3]}}",
+            "sweep.cases=[{loss.method: emd, data.toxic_count: 8}, {loss.method: nlcl}]",
+        ],
+    )
+    space = param_space(cfg)
+    assert space["loss.lam"] == {"grid_search": [0, 1]}
+    assert space["case"]["grid_search"][0] == {"loss.method": "emd", "data.toxic_count": 8}
+    params = {"loss.lam": 1, "case": {"loss.method": "nlcl"}}
+    assert trial_overrides(params) == {"loss.lam": 1, "loss.method": "nlcl"}
+    assert cfg.with_overrides(trial_overrides(params)).loss.method == "nlcl"
+
+
+def test_bad_sweep_keys_are_one_line():
+    with pytest.raises(ConfigError, match=r"sweep.cases\[0\] key 'loss.lamda' is not a config key"):
+        load_config("tiny", ["sweep.cases=[{loss.lamda: 1}]"])
+
+
+def test_logical_cpus_never_deadlock():
+    # every concurrent trial needs its own driver CPU plus its workers' CPUs
+    cfg = load_config("tiny", ["sweep.max_concurrent_trials=2", "train.num_workers=2"])
+    assert logical_cpus(cfg) == 6
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path):
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tasft_ray.tune",
+            "--config",
+            "tiny",
+            "--set",
+            "tracking.uri=http://127.0.0.1:9",
+            "--set",
+            f"sweep.storage={tmp_path}",
+        ],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "tracking.uri http://127.0.0.1:9: MLflow server unreachable" in err
+    assert time.perf_counter() - start < 60
+
+
+def test_step_logger_skips_steps_already_logged(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    exp = tracking.ensure_experiment(uri, "x")
+    run_id = tracking.client(uri).create_run(exp).info.run_id
+    first = tracking.StepLogger(uri, run_id)
+    for step in (1, 2, 3):
+        first.add({"step": step, "loss/total": float(step)})
+    first.flush()
+    # a restarted worker resumes from the step-2 checkpoint and replays step 3
+    again = tracking.StepLogger(uri, run_id)
+    for step in (3, 4):
+        again.add({"step": step, "loss/total": float(step)})
+    again.flush()
+    history = tracking.client(uri).get_metric_history(run_id, "loss/total")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_path):
+    """λ ∈ {0, 1} × a 2-worker DDP TorchTrainer; the λ=1 trial's rank 0 crashes once."""
+    _run(
+        _tune_cmd(
+            tmp_path,
+            "train.num_workers=2",
+            "engine.kind=ddp",
+            "sweep.max_concurrent_trials=2",
+            "sweep.cases=[{loss.lam: 0}, {loss.lam: 1, engine.fail_at_step: 3}]",
+        ),
+        tmp_path,
+    )
+    c, parents, children = _runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 2
+    assert all(ch.data.tags[tracking.PARENT_TAG] == parents[0].info.run_id for ch in children)
+    assert sorted(ch.data.params["loss.lam"] for ch in children) == ["0.0", "1.0"]
+    for ch in children:
+        assert ch.info.status == "FINISHED"
+        assert ch.data.params["train.num_workers"] == "2"
+        # continuous, none repeated: the crashed trial re-ran step 3 but logged it once
+        assert _steps(c, ch) == [1, 2, 3, 4]
+        adapter = [a.path for a in c.list_artifacts(ch.info.run_id, "adapter")]
+        assert "adapter/adapter_model.safetensors" in adapter
+    crashed = next(ch for ch in children if ch.data.params["loss.lam"] == "1.0")
+    marker = next((tmp_path / "ray" / "sweep" / "trials").glob("*/.fault_injected"))
+    assert marker.read_text() == "3"  # the failure really happened
+    penalty = c.get_metric_history(crashed.info.run_id, "loss/penalty")
+    assert all(m.value < 0 for m in penalty)  # EMD term is live at λ = 1
+
+
+def _final_adapter_loss(trial_dir: Path, cfg) -> float:
+    """Load a trial's final adapter into a fresh model; loss on a fixed batch."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    ckpts = sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())
+    tok, base = load_model(cfg.model, seed=cfg.train.seed)
+    model = attach_lora(base, cfg.lora)
+    state = load_file(str(ckpts[-1] / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, state)
+    model.eval()
+    mix = build_mixture(cfg.data, "emd", tok, seed=0)
+    batch = collate(mix, list(range(0, 80, 5)), tok.pad_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        emb = model.get_input_embeddings().weight
+        return tasft_loss(
+            logits, batch["labels"], batch["kinds"], method="emd", lam=1.0, embeddings=emb
+        ).total.item()
+
+
+def test_deepspeed_zero2_and_zero3_match_ddp(tmp_path):
+    _run(
+        _tune_cmd(
+            tmp_path,
+            "train.num_workers=2",
+            "sweep.max_concurrent_trials=3",
+            # ZeRO-3 also crashes once: its restored run must still match DDP exactly
+            "sweep.cases=[{engine.kind: ddp}, {engine.kind: deepspeed, engine.zero_stage: 2}, "
+            "{engine.kind: deepspeed, engine.zero_stage: 3, engine.fail_at_step: 3}]",
+        ),
+        tmp_path,
+    )
+    c, _, children = _runs(tmp_path)
+    assert len(children) == 3 and all(ch.info.status == "FINISHED" for ch in children)
+    cfg = load_config("tiny", ["lora.dropout=0"])
+    losses = {}
+    for ch in children:
+        kind = ch.data.params["engine.kind"], ch.data.params["engine.zero_stage"]
+        trial = tmp_path / "ray" / "sweep" / f"train_{ch.data.tags[tracking.TRIAL_TAG]}"
+        losses[kind] = _final_adapter_loss(trial, cfg)
+    ddp = losses[("ddp", "2")]
+    assert losses[("deepspeed", "2")] == pytest.approx(ddp, abs=1e-4)
+    assert losses[("deepspeed", "3")] == pytest.approx(ddp, abs=1e-4)
+    # and the shards really are DeepSpeed's
+    ds3 = next(
+        ch
+        for ch in children
+        if ch.data.params["engine.zero_stage"] == "3"
+        and ch.data.params["engine.kind"] == "deepspeed"
+    )
+    trial = tmp_path / "ray" / "sweep" / f"train_{ds3.data.tags[tracking.TRIAL_TAG]}"
+    assert list(trial.glob("checkpoint_*/deepspeed/*optim_states.pt"))
+    assert _steps(c, ds3) == [1, 2, 3, 4]
+    assert list((tmp_path / "ray" / "sweep" / "trials").glob("*/.fault_injected"))
+
+
+def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    cmd = _tune_cmd(
+        tmp_path,
+        "sweep.max_concurrent_trials=1",
+        "engine.kind=ddp",
+        "train.max_steps=12",
+        "train.checkpoint_every=4",
+        "sweep.space={loss.lam: {grid: [0, 1]}}",
+    )
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + SWEEP_TIMEOUT
+        finished = []
+        while time.time() < deadline and not finished:
+            time.sleep(2)
+            assert proc.poll() is None, "sweep ended before it could be killed"
+            # the driver creates the MLflow schema before it writes the parent-run marker
+            if (tmp_path / "ray" / "sweep" / tracking.PARENT_RUN_FILE).exists():
+                _, _, children = _runs(tmp_path)
+                finished = [ch for ch in children if ch.info.status == "FINISHED"]
+        assert finished, "no trial finished in time"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait()
+    c, _, children = _runs(tmp_path)
+    first = finished[0]
+    first_end = first.info.end_time
+    assert len([ch for ch in children if ch.info.status == "FINISHED"]) == 1
+
+    _run(
+        [sys.executable, "-m", "tasft_ray.tune", "--resume", str(tmp_path / "ray" / "sweep")],
+        tmp_path,
+    )
+    c, parents, children = _runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 2
+    assert all(ch.info.status == "FINISHED" for ch in children)
+    again = next(ch for ch in children if ch.info.run_id == first.info.run_id)
+    assert again.info.end_time == first_end  # not rerun
+    for ch in children:
+        assert _steps(c, ch) == list(range(1, 13))
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real `ray start --head` with the dashboard (needed by `ray job submit`)."""
+    env = _env(tmp_path)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--num-cpus=4",
+            "--include-dashboard=true",
+            "--dashboard-port=8265",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    try:
+        yield env, ray_bin
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_ray_job_submit(tmp_path, ray_head):
+    env, ray_bin = ray_head
+    data_root = os.environ["TASFT_DATA_DIR"]
+    env_vars = {"TASFT_DATA_DIR": data_root, "RAY_AUTH_MODE": "disabled"}
+    runtime_env = json.dumps({"env_vars": env_vars})
+    proc = subprocess.run(
+        [
+            ray_bin,
+            "job",
+            "submit",
+            "--address",
+            "http://127.0.0.1:8265",
+            "--working-dir",
+            str(REPO_ROOT),
+            "--runtime-env-json",
+            runtime_env,
+            "--",
+            "python",
+            "-m",
+            "tasft_ray.tune",
+            "--config",
+            "configs/tiny.yaml",
+            "--smoke-test",
+            "--set",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "--set",
+            f"sweep.storage={tmp_path / 'ray'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SWEEP_TIMEOUT,
+    )
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    assert "succeeded" in proc.stdout.lower()
+    c, parents, children = _runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 1
+    assert _steps(c, children[0]) == [1, 2]
+
+
+def test_optuna_search_and_asha_on_reported_step():
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tasft_ray.tune import _scheduler, _search_alg
+
+    cfg = load_config(
+        "tiny",
+        [
+            "sweep.search=optuna",
+            "sweep.space={loss.lam: {loguniform: [0.1, 10.0]}}",
+            "sweep.scheduler=asha",
+            "sweep.grace_steps=3",
+        ],
+    )
+    assert isinstance(_search_alg(cfg), OptunaSearch)
+    asha = _scheduler(cfg)
+    assert isinstance(asha, ASHAScheduler) and asha._time_attr == "step"
+    grid = cfg.with_overrides({"sweep.space": {"loss.lam": {"grid": [0, 1]}}})
+    with pytest.raises(ConfigError, match="sweep.search=optuna: use choice/uniform/loguniform"):
+        _search_alg(grid)
