@@ -64,8 +64,10 @@ def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _search_alg(cfg: Config):
-    if cfg.sweep.search != "optuna":
-        return None  # grid / random: Tune's BasicVariantGenerator
+    if cfg.sweep.search != "optuna":  # grid points enumerated, distributions sampled (seeded)
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=cfg.train.seed)
     if any(p.grid is not None for p in cfg.sweep.space.values()) or cfg.sweep.cases:
         raise ConfigError("sweep.search=optuna: use choice/uniform/loguniform, not grid or cases")
     try:
@@ -160,7 +162,7 @@ def logical_cpus(cfg: Config) -> int:
     return cfg.sweep.num_cpus or int(max(2, cfg.sweep.max_concurrent_trials * per_trial))
 
 
-def init_ray(cfg: Config) -> None:
+def init_ray(cfg: Config, num_cpus: int | None = None) -> None:
     """Join a running cluster (ray job submit, RAY_ADDRESS) or start a local one."""
     import ray
 
@@ -171,7 +173,11 @@ def init_ray(cfg: Config) -> None:
         ray.init(runtime_env={"env_vars": env})
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local use: no token auth
-        ray.init(num_cpus=logical_cpus(cfg), include_dashboard=True, runtime_env={"env_vars": env})
+        ray.init(
+            num_cpus=num_cpus or logical_cpus(cfg),
+            include_dashboard=True,
+            runtime_env={"env_vars": env},
+        )
 
 
 SWEEP_CONFIG = "sweep_config.yaml"

@@ -371,6 +371,9 @@ def test_optuna_search_and_asha_on_reported_step():
         ],
     )
     assert isinstance(_search_alg(cfg), OptunaSearch)
+    from ray.tune.search import BasicVariantGenerator
+
+    assert isinstance(_search_alg(load_config("tiny")), BasicVariantGenerator)
     asha = _scheduler(cfg)
     assert isinstance(asha, ASHAScheduler) and asha._time_attr == "step"
     grid = cfg.with_overrides({"sweep.space": {"loss.lam": {"grid": [0, 1]}}})
