@@ -14,6 +14,12 @@ EPILOG_TRAIN = """examples:
   tasft-ray train --config tiny --resume              # continue from the latest checkpoint
   tasft-ray train --config tiny --smoke-test          # 2 steps, as CI runs it
 """
+EPILOG_GENERATE = """examples:
+  tasft-ray generate --config quickstart --target 100      # until 100 harmful pairs are kept
+  tasft-ray generate --config tiny --smoke-test
+  tasft-ray generate --set "generate.prompts=[{name: catqa}]" --set generate.judge=deberta
+  (rerun the same command after an interruption: it resumes from the output file)
+"""
 EPILOG_CONFIG = """examples:
   tasft-ray config --config tiny --set loss.method=nlcl   # print the validated, resolved YAML
 """
@@ -57,6 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume from CHECKPOINT, or the latest one in train.output_dir",
     )
     train.add_argument("--smoke-test", action="store_true", help="run 2 steps only")
+    gen = sub.add_parser(
+        "generate",
+        help="self-generated harmful data: Ray Data generation + judge + filter",
+        epilog=EPILOG_GENERATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(gen)
+    gen.add_argument(
+        "--target",
+        type=int,
+        default=None,
+        help="keep going until N harmful pairs are kept (generate.target)",
+    )
+    gen.add_argument("--output", default=None, help="JSONL path (generate.output)")
+    gen.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over instead of resuming from an existing output",
+    )
+    gen.add_argument("--smoke-test", action="store_true", help="4 prompts, 8 new tokens")
     show = sub.add_parser(
         "config",
         help="validate and print a resolved config",
@@ -78,11 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = list(args.overrides)
         if getattr(args, "smoke_test", False):
-            overrides.append("train.max_steps=2")
+            overrides += [
+                "train.max_steps=2",
+                "generate.max_prompts=4",
+                "generate.sampling.max_new_tokens=8",
+            ]
+        if getattr(args, "target", None):
+            overrides.append(f"generate.target={args.target}")
+        if getattr(args, "output", None):
+            overrides.append(f"generate.output={args.output}")
         cfg = load_config(args.config, overrides)
         if args.command == "config":
             sys.stdout.write(cfg.to_yaml())
             return 0
+        if args.command == "generate":
+            return _generate(cfg, args.overwrite)
         from tasft_ray.train import run_training
 
         result = run_training(cfg, resume=args.resume)
@@ -92,6 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"tasft-ray: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _generate(cfg, overwrite: bool) -> int:
+    from tasft_ray.generate import log_to_mlflow, run_generate
+
+    result = run_generate(cfg, overwrite=overwrite)
+    run_id = log_to_mlflow(cfg, result)
+    rate = result.new_rows / result.seconds if result.seconds else 0.0
+    print(
+        f"{result.rows} judged rows ({result.harmful} harmful, {result.new_rows} new in "
+        f"{result.seconds:.0f} s, {rate:.2f} rows/s) -> {result.path}; MLflow run {run_id}"
+    )
+    if cfg.generate.target and result.harmful < cfg.generate.target:
+        print(
+            f"prompts ran out: {result.harmful} of the {cfg.generate.target} harmful pairs wanted"
+        )
+    return 0
 
 
 if __name__ == "__main__":

@@ -236,14 +236,63 @@ class SweepConfig(_Section):
     )
 
 
+class SamplingConfig(_Section):
+    """Decoding settings (defaults: STL's temperature 0.1, top_p 0.75, 128 new tokens)."""
+
+    max_new_tokens: int = Field(128, ge=1)
+    do_sample: bool = Field(True, description="False: greedy decoding (deterministic).")
+    temperature: float = Field(0.1, gt=0)
+    top_p: float = Field(0.75, gt=0, le=1)
+    seed: int = Field(0, description="Seeds sampling, per batch.")
+
+
+class GenerateConfig(_Section):
+    """`tasft-ray generate`: toxic prompts -> model answers -> judge -> harmful pairs."""
+
+    prompts: list[SourceConfig] = Field(
+        default_factory=lambda: [SourceConfig(name="harmfulqa")],
+        description="Sources of toxic prompts (responses in them are ignored).",
+    )
+    max_prompts: int | None = Field(None, ge=1, description="Use at most this many prompts.")
+    exclude: list[SourceConfig] = Field(
+        default_factory=list,
+        description="Prompts never to use (e.g. the evaluation sets), matched on the text.",
+    )
+    adapter: str | None = Field(
+        None, description="LoRA adapter folder, or mlflow:RUN_ID for a run's logged adapter."
+    )
+    sft_first: bool = Field(
+        False,
+        description="First SFT the base model on data.safe (method sft, the train section), as "
+        "the paper does, and generate with that adapter.",
+    )
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto",
+        description="auto: vLLM through ray.data.llm when it is installed and a GPU is "
+        "present, else batched HF generate in a Ray Data actor pool.",
+    )
+    batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
+    num_actors: int = Field(1, ge=1, description="Generator actors (one model copy each).")
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    judge: str = Field("offline", description="tasft_ray.judges name.")
+    judge_options: dict[str, Any] = Field(default_factory=dict)
+    target: int | None = Field(
+        None, ge=1, description="Stop once this many harmful pairs are kept (else all prompts)."
+    )
+    output: str = Field("data/generated/harmful.jsonl", description="JSONL output path.")
+    flush_every: int = Field(8, ge=1, description="Rows between atomic rewrites of the output.")
+    fail_after_rows: int | None = Field(
+        None, ge=1, description="Test hook: stop with an error after writing this many rows."
+    )
+
+
 class EvalConfig(_Section):
     benchmarks: list[str] = Field(
         default_factory=lambda: ["i_malicious", "i_cona", "i_controversial", "harmfulq"]
     )
     max_prompts: int | None = Field(None, ge=1, description="Per benchmark (None: all).")
-    max_new_tokens: int = Field(128, ge=1)
-    temperature: float = Field(0.1, ge=0)
-    top_p: float = Field(0.75, gt=0, le=1)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     judge: str = "offline"
 
 
@@ -256,6 +305,7 @@ class Config(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
@@ -310,7 +360,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and k not in ("fields", "options", "space"):
+        if isinstance(v, dict) and v and k not in ("fields", "options", "space", "judge_options"):
             out.update(flatten(v, key + "."))
         else:
             out[key] = v

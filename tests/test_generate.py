@@ -1,0 +1,142 @@
+"""`tasft-ray generate`: the Ray Data pipeline on the tiny model with the offline judge."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasft_ray import tracking
+from tasft_ray.config import load_config
+from tasft_ray.data.mixture import build_mixture
+from tasft_ray.generate import MANIFEST_SUFFIX, load_prompts, prompt_id, read_rows
+from tasft_ray.models import build_tiny_tokenizer
+
+COLUMNS = {
+    "id",
+    "source",
+    "instruction",
+    "input",
+    "prompt",
+    "response",
+    "judge",
+    "score",
+    "harmful",
+    "refused",
+    "model",
+    "adapter",
+    "seed",
+}
+
+
+def _generate(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    sets = [
+        "generate.prompts=[{name: harmfulq}]",
+        "generate.max_prompts=40",
+        "generate.batch_size=8",
+        "generate.sampling.max_new_tokens=12",
+        "generate.sampling.do_sample=false",
+        f"generate.output={tmp_path / 'gen.jsonl'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        *overrides,
+    ]
+    cmd = [sys.executable, "-m", "tasft_ray", "generate", "--config", "tiny"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_interrupted_generation_resumes_to_exactly_every_prompt(tmp_path):
+    out = tmp_path / "gen.jsonl"
+    first = _generate(tmp_path, "generate.fail_after_rows=15")
+    assert first.returncode == 2, first.stderr[-3000:]
+    assert "generate.fail_after_rows: stopped after 15 rows" in first.stderr
+    partial = read_rows(out)
+    assert len(partial) == 15
+
+    second = _generate(tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    rows = read_rows(out)
+    ids = [r["id"] for r in rows]
+    assert len(rows) == 40 and len(set(ids)) == 40
+    assert rows[:15] == partial  # nothing rewritten, nothing dropped
+    want = {
+        p["id"]
+        for p in load_prompts(
+            load_config("tiny", ["generate.prompts=[{name: harmfulq}]", "generate.max_prompts=40"])
+        )
+    }
+    assert set(ids) == want
+    for r in rows:
+        assert COLUMNS <= set(r)
+        assert 0.0 <= r["score"] <= 1.0 and r["judge"] == "offline"
+        assert r["id"] == prompt_id(r["instruction"], r["input"])
+    manifest = json.loads(Path(str(out) + MANIFEST_SUFFIX).read_text())
+    assert manifest["rows"] == 40 and manifest["new_rows"] == 25
+    assert manifest["harmful"] == sum(r["harmful"] for r in rows)
+    # each call is an MLflow run with the dataset as an artifact
+    c = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("tasft-ray")
+    runs = c.search_runs([exp.experiment_id], filter_string="tags.`tasft.kind` = 'generate'")
+    assert len(runs) == 1  # the failed first call logged nothing
+    arts = [a.path for a in c.list_artifacts(runs[0].info.run_id, "dataset")]
+    assert "dataset/gen.jsonl" in arts and runs[0].data.metrics["rows"] == 40
+
+    # a generated dataset is directly usable as D_related
+    cfg = load_config(
+        "tiny", [f"data.harmful={{path: {out}, format: generated}}", "data.toxic_count=0"]
+    )
+    n_harmful = sum(r["harmful"] for r in rows)
+    if n_harmful:
+        cfg = cfg.with_overrides({"data.toxic_count": n_harmful})
+        mix = build_mixture(cfg.data, "emd", build_tiny_tokenizer(), seed=0)
+        assert mix.counts()["harmful"] == n_harmful
+
+
+def test_target_stops_once_enough_harmful_pairs_are_kept(tmp_path):
+    # threshold 0: every answer counts as harmful, so the target is met after ~5 rows
+    proc = _generate(
+        tmp_path,
+        "generate.target=5",
+        "generate.judge_options={threshold: 0.0}",
+        "generate.flush_every=1",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_rows(tmp_path / "gen.jsonl")
+    assert 5 <= len(rows) < 40 and all(r["harmful"] for r in rows)
+    assert "5 harmful" in proc.stdout
+
+
+def test_prompt_exclusion_and_dedup():
+    cfg = load_config("tiny", ["generate.prompts=[{name: harmfulq}, {name: harmfulq}]"])
+    prompts = load_prompts(cfg)
+    assert len(prompts) == 200 and len({p["id"] for p in prompts}) == 200
+    cfg = cfg.with_overrides({"generate.exclude": [{"name": "harmfulq"}]})
+    assert load_prompts(cfg) == []
+
+
+def test_bad_adapter_is_one_line(tmp_path):
+    proc = _generate(tmp_path, "generate.adapter=/no/such/adapter")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "tasft-ray: error: generate.adapter: no such folder /no/such/adapter"
+    )
+
+
+def test_backend_choice_follows_the_machine():
+    from tasft_ray.config import ConfigError
+    from tasft_ray.generate import _backend, _vllm_available
+
+    cfg = load_config("tiny", ["generate.backend=vllm"])
+    auto = _backend(load_config("tiny"))
+    if _vllm_available(cfg):
+        assert _backend(cfg) == "vllm" and auto == "vllm"
+    else:  # CPU machines (CI): HF in an actor pool, and a clear error when vLLM is forced
+        assert auto == "hf"
+        with pytest.raises(ConfigError, match="needs a GPU"):
+            _backend(cfg)
