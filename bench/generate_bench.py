@@ -69,13 +69,7 @@ def main() -> None:
     del model
     print(f"baseline one-at-a-time: {len(prompts) / base_s:.3f} rows/s ({base_s:.1f} s)")
 
-    ray.init(
-        num_cpus=max(args.actors) + 2,
-        include_dashboard=False,
-        runtime_env={
-            "env_vars": {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // max(args.actors)))}
-        },
-    )
+    ray.init(num_cpus=(os.cpu_count() or 2) + 1, include_dashboard=False)
     rows = []
     for actors in args.actors:
         for bs in args.batch_sizes:
@@ -85,8 +79,10 @@ def main() -> None:
                     "model_cfg": cfg.model.model_dump(mode="json"),
                     "adapter": None,
                     "sampling": sampling.model_dump(mode="json"),
+                    "threads": max(1, (os.cpu_count() or 2) // actors),  # the cores, split
                 },
                 compute=ActorPoolStrategy(size=actors),
+                num_cpus=max(1, (os.cpu_count() or 2) // actors),
                 batch_size=bs,
             )
             start = time.perf_counter()

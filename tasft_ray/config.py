@@ -142,6 +142,12 @@ class LossConfig(_Section):
         description="sequence: eq. 7 on the whole response; token: per-token unlikelihood.",
     )
     chunk_size: int = Field(1024, ge=1, description="Response tokens per loss chunk.")
+    impl: Literal["fused", "reference"] = Field(
+        "fused",
+        description="fused: logits built from the final hidden states one chunk of response "
+        "positions at a time (no B x T x V tensor); reference: the model's full logits. "
+        "DeepSpeed ZeRO-3 (partitioned output layer) always uses reference.",
+    )
     kto_beta: float = Field(0.1, gt=0, description="KTO beta.")
     kto_desirable_weight: float = Field(1.0, ge=0, description="KTO λ_D.")
     kto_undesirable_weight: float = Field(1.0, ge=0, description="KTO λ_U.")
@@ -254,6 +260,11 @@ class GenerateConfig(_Section):
         description="Sources of toxic prompts (responses in them are ignored).",
     )
     max_prompts: int | None = Field(None, ge=1, description="Use at most this many prompts.")
+    shuffle: bool = Field(
+        True,
+        description="Seeded shuffle (sampling.seed) of the prompts before max_prompts/target, so "
+        "a target is met on a mix of sources and topics, not the first file's first topic.",
+    )
     exclude: list[SourceConfig] = Field(
         default_factory=list,
         description="Prompts never to use (e.g. the evaluation sets), matched on the text.",
@@ -274,6 +285,9 @@ class GenerateConfig(_Section):
     batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
     num_actors: int = Field(1, ge=1, description="Generator actors (one model copy each).")
     num_gpus_per_actor: float = Field(0.0, ge=0)
+    cpus_per_actor: int = Field(
+        1, ge=1, description="Logical CPUs (and torch threads) per generator actor."
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     judge: str = Field("offline", description="tasft_ray.judges name.")
     judge_options: dict[str, Any] = Field(default_factory=dict)

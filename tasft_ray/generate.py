@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import random
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def prompt_id(instruction: str, input_text: str = "") -> str:
 
 
 def load_prompts(cfg: Config) -> list[dict[str, str]]:
-    """Unique toxic prompts from generate.prompts, minus generate.exclude, in source order."""
+    """Unique toxic prompts from generate.prompts, minus generate.exclude (seeded shuffle)."""
     g, root = cfg.generate, cfg.data_root
     excluded = {
         prompt_id(e.instruction, e.input) for src in g.exclude for e in load_source(src, root)
@@ -66,6 +67,8 @@ def load_prompts(cfg: Config) -> list[dict[str, str]]:
                     "source": origin,
                 }
     prompts = list(rows.values())
+    if g.shuffle:
+        random.Random(g.sampling.seed).shuffle(prompts)  # same order on resume
     return prompts[: g.max_prompts] if g.max_prompts else prompts
 
 
@@ -115,8 +118,8 @@ def load_generator_model(model_cfg: ModelConfig, adapter: str | None, device: st
 class HFGenerator:
     """Ray Data actor: the model loads once in __init__, each __call__ answers one batch."""
 
-    def __init__(self, model_cfg: dict, adapter: str | None, sampling: dict):
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    def __init__(self, model_cfg: dict, adapter: str | None, sampling: dict, threads: int = 1):
+        torch.set_num_threads(threads)  # Ray pins OMP_NUM_THREADS=1 in every worker
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer, self.model = load_generator_model(
             ModelConfig.model_validate(model_cfg), adapter, device
@@ -236,6 +239,9 @@ def write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the dataset from collaborators
     os.replace(tmp, path)
 
 
@@ -352,7 +358,7 @@ def _pipeline(cfg: Config, prompts: list[dict], adapter: str | None):
     from tasft_ray.tune import init_ray
 
     g = cfg.generate
-    init_ray(cfg, num_cpus=max(2, g.num_actors + 2))
+    init_ray(cfg, num_cpus=g.num_actors * g.cpus_per_actor + 1)  # + 1 for the judge
     ds = ray.data.from_items(prompts)
     if _backend(cfg) == "vllm":
         ds = _vllm_stage(ds, cfg, _merged_model_dir(cfg, adapter))
@@ -363,9 +369,11 @@ def _pipeline(cfg: Config, prompts: list[dict], adapter: str | None):
                 "model_cfg": cfg.model.model_dump(mode="json"),
                 "adapter": adapter,
                 "sampling": g.sampling.model_dump(mode="json"),
+                "threads": g.cpus_per_actor,
             },
             compute=ActorPoolStrategy(size=g.num_actors),
             batch_size=g.batch_size,
+            num_cpus=g.cpus_per_actor,
             num_gpus=g.num_gpus_per_actor,
         )
     return ds.map_batches(

@@ -8,10 +8,19 @@ Conventions shared by every function (Hugging Face causal-LM convention):
     kinds:  (B,) int, ``SAFE`` (0) for D_safety-unrelated rows, ``HARMFUL`` (1) for
             D_safety-related rows (toxic prompt + harmful response).
 
-Memory: logits are only read at response positions, ``chunk_size`` positions at a time, and every
-chunk is recomputed in backward (activation checkpointing), so no loss term keeps a second
+Every public loss takes either logits (B, T, V) — the *reference* path — or an ``OutputHead``
+(final hidden states + the frozen output layer) — the *fused* path.
+
+Reference memory: logits are only read at response positions, ``chunk_size`` positions at a time,
+and every chunk is recomputed in backward (activation checkpointing), so no loss term keeps a second
 (tokens, V) tensor alive; the only V-sized buffer beyond the logits is the gradient the plain NLL
-needs too. Call tree::
+needs too.
+
+Fused memory: logits exist only for one chunk of response positions at a time, in forward and
+again in backward (``_FusedHeadStats``, analytic per-token gradients), so no (B, T, V) tensor and
+no V-sized gradient is ever built; peak extra memory is a few (chunk_size, V) fp32 buffers.
+
+Call tree::
 
     tasft_loss ─┬─ _sft_term ──────── _map_chunks(_token_logprob)
                 ├─ _emd_term ──────── _map_chunks(_token_emd)
@@ -69,8 +78,49 @@ class _Positions:
         return int(torch.unique(self.seq).numel())
 
 
-def _flat(logits: Tensor) -> Tensor:
-    return logits.reshape(-1, logits.shape[-1])  # (B, T, V) -> (B*T, V)
+@dataclass(frozen=True)
+class OutputHead:
+    """Final hidden states and the output layer: logits = softcap(scale · (h Wᵀ + b)).
+
+    Passed to a loss instead of logits, it lets the loss compute logits only at response
+    positions, one chunk at a time (the fused path). ``softcap`` is Gemma's final-logit
+    soft-capping (cap · tanh(z / cap)); ``scale`` covers models that scale logits (Cohere's
+    logit_scale, 1 / Granite's logits_scaling). The weight is treated as frozen unless it
+    requires grad.
+    """
+
+    hidden: Tensor  # (B, T, d)
+    weight: Tensor  # (V, d)
+    bias: Tensor | None = None
+    scale: float = 1.0
+    softcap: float | None = None
+
+    def chunk_logits(self, h: Tensor) -> Tensor:
+        """(c, d) -> (c, V) logits, upcast to fp32 at least before scaling and capping."""
+        z = _upcast(torch.nn.functional.linear(h, self.weight, self.bias))
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap is not None:
+            z = self.softcap * torch.tanh(z / self.softcap)
+        return z
+
+    def logits(self) -> Tensor:
+        """(B, T, V): the full logits, for the reference path and for checking."""
+        return self.chunk_logits(self.hidden)
+
+
+@dataclass(frozen=True)
+class _Flat:
+    """Loss input with batch and time flattened: (B*T, V) logits, or (B*T, d) hidden + head."""
+
+    x: Tensor
+    head: OutputHead | None = None
+
+
+def _flat(source: Tensor | OutputHead) -> _Flat:
+    if isinstance(source, OutputHead):
+        return _Flat(source.hidden.reshape(-1, source.hidden.shape[-1]), source)
+    return _Flat(source.reshape(-1, source.shape[-1]))  # (B, T, V) -> (B*T, V)
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -84,18 +134,25 @@ def _gather_apply(fn: Callable[..., Tensor], flat_logits: Tensor, rows: Tensor, 
 
 def _map_chunks(
     fn: Callable[..., Tensor],
-    flat_logits: Tensor,
+    flat: _Flat,
     pos: _Positions,
     *extra: Tensor,
     chunk_size: int | None,
 ) -> Tensor:
     """Apply a per-chunk function ``fn(chunk_logits (c, V), targets (c,), *extra) -> (c, ...)``.
 
-    The one place where chunking happens. With autograd on, each chunk is checkpointed: its
-    (c, V) softmax is freed after forward and recomputed in backward.
+    The one place where chunking happens. Reference path: with autograd on, each chunk is
+    checkpointed: its (c, V) softmax is freed after forward and recomputed in backward. Fused
+    path: ``_FusedHeadStats`` builds each chunk's logits from hidden states, twice.
     """
     n = pos.rows.numel()
     size = chunk_size or max(n, 1)
+    if flat.head is not None:
+        h = flat.head
+        return _FusedHeadStats.apply(
+            flat.x, h.weight, h.bias, pos.rows, pos.targets, h, fn, size, *extra
+        )
+    flat_logits = flat.x
     grad = torch.is_grad_enabled() and flat_logits.requires_grad
     outs = []
     for start in range(0, max(n, 1), size):
@@ -173,16 +230,150 @@ def _inverse_norms(embeddings: Tensor) -> Tensor:
     return norms.clamp_min(1e-12).reciprocal()  # (V,)
 
 
+# ----------------------------------------------------------------------------- fused kernels
+#
+# Each per-token function of the reference path has a fused pair: forward (c, V) logits ->
+# (values, aux) with aux a few numbers per token kept for backward, and backward -> dL/dz,
+# analytic, overwriting the recomputed logits in place. Fewer passes over (c, V) than autograd.
+
+
+def _logprob_fwd(z: Tensor, targets: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``_token_logprob`` with one pass over (c, V) for the rows where p(y) <= 1/2.
+
+    There log(1 - p) = log1mexp(log p) is exact; only rows with p > 1/2 need the complement
+    summed over the other tokens, and those are computed on their own (few) rows.
+    """
+    lse = torch.logsumexp(z, dim=-1)
+    logp = z.gather(1, targets[:, None]).squeeze(1) - lse
+    near_one = logp > -_LN2
+    log_comp = log1mexp(torch.where(near_one, torch.full_like(logp, -1.0), logp))
+    if bool(near_one.any()):
+        exact = _token_logprob(z[near_one], targets[near_one])
+        logp, log_comp = logp.clone(), log_comp.clone()
+        logp[near_one], log_comp[near_one] = exact[:, 0], exact[:, 1]
+    return torch.stack([logp, log_comp], dim=-1), (lse,)
+
+
+def _logprob_bwd(z, targets, grad, out, aux) -> Tensor:
+    """d/dz of grad · [log p, log(1 - p)] with P = softmax(z), p = P_y, c = 1 - p:
+
+        d log p / dz_v = [v=y] - P_v,     d log c / dz_v = P_v p / c  (v ≠ y),  -p  (v = y)
+    so for v ≠ y: P_v (-g0 + g1 p / c), and at y: g0 c - g1 p (exact: c comes from log c).
+    Rows where p / c would overflow (c < e^-30) take P_v p / c = p exp(z_v - lse - log c).
+    """
+    (lse,) = aux
+    logp, log_comp = out[:, 0], out[:, 1]
+    g0, g1 = grad[:, 0], grad[:, 1]
+    careful = (g1 != 0) & (log_comp < -30.0)
+    kept = z[careful] if bool(careful.any()) else None
+    ratio = torch.exp(torch.where(careful, torch.zeros_like(logp), logp - log_comp))
+    probs = z.sub_(lse[:, None]).exp_()  # (c, V) P, in place of the logits
+    dz = probs.mul_((g1 * ratio - g0)[:, None])
+    if kept is not None:  # P_v p / c without forming p / c
+        lse_c, lc_c = lse[careful][:, None], log_comp[careful][:, None]
+        pg1 = (g1[careful] * logp[careful].exp())[:, None]
+        dz[careful] = (
+            torch.exp(kept - (lse_c + lc_c)) * pg1 - torch.exp(kept - lse_c) * g0[careful][:, None]
+        )
+    at_y = g0 * log_comp.exp() - g1 * logp.exp()
+    return dz.scatter_(1, targets[:, None], at_y[:, None])
+
+
+def _emd_fwd(z, targets, emb, inv_norm) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``_token_emd``; keeps logsumexp and the expected embedding m = Σ_v P_v ê_v (c, d)."""
+    lse = torch.logsumexp(z, dim=-1)
+    weights = z.sub_(lse[:, None]).exp_().mul_(inv_norm)  # (c, V) P / ||e||, in place
+    expected = (weights.to(emb.dtype) @ emb).to(z.dtype)  # (c, d)
+    target = emb[targets].to(z.dtype) * inv_norm[targets, None]
+    return -(target - expected).pow(2).sum(-1), (lse, expected)
+
+
+def _emd_bwd(z, targets, grad, out, aux, emb, inv_norm) -> Tensor:
+    """value = -||t - m||²: d/dP_v = s_v = 2 (t - m)·ê_v, d/dz = P ⊙ (s - <P, s>), and
+    <P, s> = 2 (t - m)·m needs no pass over V."""
+    lse, expected = aux
+    target = emb[targets].to(z.dtype) * inv_norm[targets, None]
+    u = 2 * (target - expected)  # (c, d)
+    s = (u.to(emb.dtype) @ emb.T).to(z.dtype).mul_(inv_norm)  # (c, V)
+    s.sub_((u * expected).sum(-1, keepdim=True))
+    probs = z.sub_(lse[:, None]).exp_()
+    return s.mul_(probs).mul_(grad[:, None])
+
+
+_FUSED = {_token_logprob: (_logprob_fwd, _logprob_bwd), _token_emd: (_emd_fwd, _emd_bwd)}
+
+
+class _FusedHeadStats(torch.autograd.Function):
+    """Per-token statistics straight from hidden states, logits one chunk at a time.
+
+    forward:  for each chunk of response positions, logits = head(h[rows]) -> (values, aux)
+    backward: recompute the chunk's logits, analytic dL/dz (``_FUSED``), then through the head:
+              dL/dh[rows] = dL/draw @ W (and dL/dW, dL/db if they require grad).
+    Nothing V-sized outlives a chunk, in either pass.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, rows, targets, head, fn, size, *extra):
+        fwd = _FUSED[fn][0]
+        outs, auxes = [], []
+        with torch.no_grad():
+            for i in range(0, max(rows.numel(), 1), size):
+                z = head.chunk_logits(hidden[rows[i : i + size]])
+                out, aux = fwd(z, targets[i : i + size], *extra)
+                outs.append(out)
+                auxes.append(aux)
+        aux = [torch.cat(parts) for parts in zip(*auxes, strict=True)]
+        ctx.save_for_backward(hidden, weight, bias, rows, targets, *extra)
+        ctx.head, ctx.fn, ctx.size, ctx.n_extra = head, fn, size, len(extra)
+        ctx.outputs = torch.cat(outs)
+        ctx.aux = aux
+        return ctx.outputs.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, rows, targets, *extra = ctx.saved_tensors
+        head, size, bwd = ctx.head, ctx.size, _FUSED[ctx.fn][1]
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        acc = torch.promote_types(weight.dtype, torch.float32)  # dW, db summed over chunks
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=acc) if need_b else None
+        for i in range(0, rows.numel(), size):
+            sl = slice(i, i + size)
+            r = rows[sl]
+            h = hidden[r]
+            z = head.chunk_logits(h)
+            capped = None
+            if head.softcap is not None:  # z = cap·tanh(x / cap): dz/dx = 1 - (z / cap)²
+                capped = 1 - (z / head.softcap).square()
+            aux = [a[sl] for a in ctx.aux]
+            g = bwd(z, targets[sl], grad_out[sl], ctx.outputs[sl], aux, *extra)  # dL/dz
+            if capped is not None:
+                g = g.mul_(capped)
+            if head.scale != 1.0:
+                g = g.mul_(head.scale)
+            g = g.to(weight.dtype)  # dL/d(h Wᵀ + b)
+            if need_h:
+                grad_h.index_add_(0, r, g @ weight)
+            if need_w:
+                grad_w.add_(g.T.to(acc) @ h.to(acc))
+            if need_b:
+                grad_b.add_(g.to(acc).sum(0))
+        grad_w = grad_w.to(weight.dtype) if need_w else None
+        grad_b = grad_b.to(bias.dtype) if need_b else None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, *([None] * ctx.n_extra)
+
+
 # ----------------------------------------------------------------------------- terms
 
 
-def _sft_term(flat: Tensor, pos: _Positions, reduction: Reduction, chunk_size: int | None):
+def _sft_term(flat: _Flat, pos: _Positions, reduction: Reduction, chunk_size: int | None):
     nll = -_map_chunks(_token_logprob, flat, pos, chunk_size=chunk_size)[:, 0]
     return _reduce(nll, pos, reduction)
 
 
 def _emd_term(
-    flat: Tensor,
+    flat: _Flat,
     pos: _Positions,
     embeddings: Tensor,
     reduction: Reduction,
@@ -194,7 +385,7 @@ def _emd_term(
 
 
 def _nlcl_term(
-    flat: Tensor,
+    flat: _Flat,
     pos: _Positions,
     variant: Literal["sequence", "token"],
     reduction: Reduction,
@@ -207,7 +398,7 @@ def _nlcl_term(
         raise ValueError(f"variant must be 'sequence' or 'token', got {variant!r}")
     if stats.shape[0] == 0:
         return stats.sum()
-    has_tokens = torch.zeros(pos.batch_size, dtype=torch.bool, device=flat.device)
+    has_tokens = torch.zeros(pos.batch_size, dtype=torch.bool, device=flat.x.device)
     has_tokens[pos.seq] = True
     seq_logp = pos.per_sequence_sum(stats[:, 0])[has_tokens]  # (n,) log Q(y | p)
     # log Q(y|p) = 0 exactly would mean a certain response; keep the loss finite there.
@@ -219,7 +410,7 @@ def _nlcl_term(
 
 
 def sft_loss(
-    logits: Tensor,
+    logits: Tensor | OutputHead,
     labels: Tensor,
     *,
     reduction: Reduction = "token_mean",
@@ -229,7 +420,8 @@ def sft_loss(
     """Negative log-likelihood of the response tokens (eq. 1).
 
     Args:
-        logits: (B, T, V). labels: (B, T) with ``ignore_index`` outside responses.
+        logits: (B, T, V), or an ``OutputHead`` (fused: logits built chunk by chunk).
+            labels: (B, T) with ``ignore_index`` outside responses.
         reduction: ``token_mean`` (mean over response tokens, as HF) or ``sequence_sum``
             (eq. 1 literally: sum over a response's tokens, mean over sequences).
     Returns:
@@ -239,7 +431,7 @@ def sft_loss(
 
 
 def emd_loss(
-    logits: Tensor,
+    logits: Tensor | OutputHead,
     labels: Tensor,
     embeddings: Tensor,
     *,
@@ -270,7 +462,7 @@ def emd_loss(
 
 
 def nlcl_loss(
-    logits: Tensor,
+    logits: Tensor | OutputHead,
     labels: Tensor,
     *,
     variant: Literal["sequence", "token"] = "sequence",
@@ -291,7 +483,7 @@ def nlcl_loss(
 
 
 def sequence_logprobs(
-    logits: Tensor,
+    logits: Tensor | OutputHead,
     labels: Tensor,
     *,
     ignore_index: int = IGNORE_INDEX,
@@ -349,7 +541,7 @@ class LossParts:
 
 
 def tasft_loss(
-    logits: Tensor,
+    logits: Tensor | OutputHead,
     labels: Tensor,
     kinds: Tensor,
     *,
@@ -373,7 +565,8 @@ def tasft_loss(
     NLL as ``sft`` without gradient.
 
     Args:
-        logits: (B, T, V). labels: (B, T). kinds: (B,) SAFE/HARMFUL.
+        logits: (B, T, V), or an ``OutputHead`` for the fused path. labels: (B, T).
+            kinds: (B,) SAFE/HARMFUL.
         embeddings: (V, d), required for ``emd``.
         reference_logps: (B,) sequence log-probs under the reference model, required for ``kto``.
     """
@@ -402,7 +595,7 @@ def tasft_loss(
 
     sft = _sft_term(flat, safe, reduction, chunk_size)
     if method in ("sft", "stl") or harmful.rows.numel() == 0:
-        penalty = flat.new_zeros(())
+        penalty = flat.x.new_zeros((), dtype=sft.dtype)
     elif method == "emd":
         if embeddings is None:
             raise ValueError("method 'emd' needs the (V, d) token embeddings")

