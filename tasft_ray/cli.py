@@ -25,6 +25,13 @@ EPILOG_CONFIG = """examples:
 """
 
 
+EPILOG_EVALUATE = """examples:
+  tasft-ray evaluate --config quickstart --adapter runs/quickstart/checkpoints/step_000010/adapter
+  tasft-ray evaluate --config quickstart --adapter mlflow:RUN_ID --limit 20
+  tasft-ray evaluate --config tiny --set "eval.benchmarks=[harmbench, xstest_safe]"
+"""
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", default=None, help="YAML file or a name in configs/ (default: quickstart)"
@@ -83,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over instead of resuming from an existing output",
     )
     gen.add_argument("--smoke-test", action="store_true", help="4 prompts, 8 new tokens")
+    ev = sub.add_parser(
+        "evaluate",
+        help="safety (518 harmful prompts) and over-refusal (XSTest) of base + adapter",
+        epilog=EPILOG_EVALUATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(ev)
+    ev.add_argument("--adapter", default=None, help="adapter folder or mlflow:RUN_ID")
+    ev.add_argument("--limit", type=int, default=None, help="prompts per benchmark")
     show = sub.add_parser(
         "config",
         help="validate and print a resolved config",
@@ -113,12 +129,18 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"generate.target={args.target}")
         if getattr(args, "output", None):
             overrides.append(f"generate.output={args.output}")
+        if getattr(args, "adapter", None):
+            overrides.append(f"eval.adapter={args.adapter}")
+        if getattr(args, "limit", None):
+            overrides.append(f"eval.max_prompts={args.limit}")
         cfg = load_config(args.config, overrides)
         if args.command == "config":
             sys.stdout.write(cfg.to_yaml())
             return 0
         if args.command == "generate":
             return _generate(cfg, args.overwrite)
+        if args.command == "evaluate":
+            return _evaluate(cfg)
         from tasft_ray.train import run_training
 
         result = run_training(cfg, resume=args.resume)
@@ -144,6 +166,20 @@ def _generate(cfg, overwrite: bool) -> int:
         print(
             f"prompts ran out: {result.harmful} of the {cfg.generate.target} harmful pairs wanted"
         )
+    return 0
+
+
+def _evaluate(cfg) -> int:
+    from tasft_ray.evaluate import format_summary, log_to_mlflow, run_evaluate
+
+    result = run_evaluate(cfg)
+    run_id = log_to_mlflow(cfg, result)
+    print(format_summary(result.metrics, cfg.eval.benchmarks))
+    print(
+        f"{result.rows} prompts in {result.seconds:.0f} s "
+        f"({result.rows / max(result.seconds, 1e-9):.2f} prompts/s) -> {result.output_dir}; "
+        f"MLflow run {run_id}"
+    )
     return 0
 
 

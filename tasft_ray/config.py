@@ -21,7 +21,17 @@ DEFAULT_CONFIG = "quickstart"
 
 Method = Literal["sft", "emd", "nlcl", "kto", "stl"]
 SourceFormat = Literal[
-    "alpaca", "stl_eval", "xstest", "jbb", "harmbench", "red_instruct", "hh_rlhf", "generated"
+    "alpaca",
+    "stl_eval",
+    "xstest",
+    "jbb",
+    "harmbench",
+    "red_instruct",
+    "hh_rlhf",
+    "generated",
+    "piqa",
+    "boolq",
+    "openbookqa",
 ]
 
 
@@ -302,12 +312,42 @@ class GenerateConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """`tasft-ray evaluate`: safety and over-refusal of base + adapter (generation settings
+    such as batch_size and num_actors come from the generate section)."""
+
     benchmarks: list[str] = Field(
-        default_factory=lambda: ["i_malicious", "i_cona", "i_controversial", "harmfulq"]
+        default_factory=lambda: [
+            "i_malicious",
+            "i_cona",
+            "i_controversial",
+            "harmfulq",
+            "xstest_safe",
+            "xstest_unsafe",
+        ],
+        description="Names in tasft_ray.evaluate.BENCHMARKS (the paper's 518 prompts + XSTest).",
     )
     max_prompts: int | None = Field(None, ge=1, description="Per benchmark (None: all).")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(do_sample=False),
+        description="Greedy by default, so an evaluation is repeatable.",
+    )
     judge: str = "offline"
+    judge_options: dict[str, Any] = Field(default_factory=dict)
+    adapter: str | None = Field(
+        None, description="LoRA adapter folder, or mlflow:RUN_ID (None: the base model)."
+    )
+    output_dir: str = Field("runs/eval", description="responses.jsonl and metrics.json go here.")
+    parent_run_id: str | None = Field(None, description="Nest the MLflow run under this run.")
+    quality_tasks: list[str] = Field(
+        default_factory=lambda: ["piqa", "boolq", "openbookqa"],
+        description="lm-eval log-likelihood accuracy on the shipped sets ([] to skip).",
+    )
+    quality_limit: int | None = Field(None, ge=1, description="Docs per quality task (None: all).")
+    in_sweep: bool = Field(
+        False,
+        description="Each Tune trial evaluates its final adapter in-process (eval.benchmarks, "
+        "eval.max_prompts) and logs eval/* metrics + responses.jsonl to its child run.",
+    )
 
 
 class Config(_Section):

@@ -245,7 +245,7 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _jsonl(rows: list[dict]) -> str:
+def to_jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
@@ -274,15 +274,20 @@ def resolve_adapter(cfg: Config) -> str | None:
         elif cfg.train.max_steps is None or done < cfg.train.max_steps:
             run_training(sft_cfg, resume=True)
         return str(list_checkpoints(out / "checkpoints")[-1] / "adapter")
-    if g.adapter and g.adapter.startswith("mlflow:"):
+    return adapter_from_spec(cfg, g.adapter, "generate.adapter")
+
+
+def adapter_from_spec(cfg: Config, spec: str | None, field: str) -> str | None:
+    """A LoRA adapter folder, or ``mlflow:RUN_ID`` (the run's logged adapter, downloaded)."""
+    if spec and spec.startswith("mlflow:"):
         from tasft_ray import tracking
 
-        run_id = g.adapter.removeprefix("mlflow:")
+        run_id = spec.removeprefix("mlflow:")
         c = tracking.client(tracking.tracking_uri(cfg))
         return c.download_artifacts(run_id, "adapter", tempfile.mkdtemp(prefix="tasft_adapter_"))
-    if g.adapter and not Path(g.adapter).is_dir():
-        raise ConfigError(f"generate.adapter: no such folder {g.adapter}")
-    return g.adapter
+    if spec and not Path(spec).is_dir():
+        raise ConfigError(f"{field}: no such folder {spec}")
+    return spec
 
 
 def run_generate(cfg: Config, overwrite: bool = False, progress: bool = True) -> GenerateResult:
@@ -303,22 +308,22 @@ def run_generate(cfg: Config, overwrite: bool = False, progress: bool = True) ->
         meta = {"model": cfg.model.name, "adapter": adapter, "seed": g.sampling.seed}
         bar = tqdm(total=len(prompts), desc="generate", unit="row", disable=not progress)
         try:
-            for row in _pipeline(cfg, prompts, adapter).iter_rows():
-                rows.append(_clean(row) | meta)
+            for row in build_pipeline(cfg, prompts, adapter).iter_rows():
+                rows.append(clean_row(row) | meta)
                 new += 1
                 harmful += bool(row["harmful"])
                 bar.update(1)
                 bar.set_postfix(harmful=harmful)
                 if new % g.flush_every == 0:
-                    write_atomic(out, _jsonl(rows))
+                    write_atomic(out, to_jsonl(rows))
                 if g.fail_after_rows and new >= g.fail_after_rows:
-                    write_atomic(out, _jsonl(rows))
+                    write_atomic(out, to_jsonl(rows))
                     raise InjectedStop(f"generate.fail_after_rows: stopped after {new} rows")
                 if g.target and harmful >= g.target:
                     break
         finally:
             bar.close()
-        write_atomic(out, _jsonl(rows))
+        write_atomic(out, to_jsonl(rows))
     seconds = time.perf_counter() - start
     left = len(prompts) - new
     result = GenerateResult(out, len(rows), harmful, new, seconds, left)
@@ -328,7 +333,7 @@ def run_generate(cfg: Config, overwrite: bool = False, progress: bool = True) ->
     return result
 
 
-def _clean(row: dict) -> dict:
+def clean_row(row: dict) -> dict:
     """numpy scalars -> JSON types, fixed column order."""
     keys = (
         "id",
@@ -351,7 +356,7 @@ def _clean(row: dict) -> dict:
     return out
 
 
-def _pipeline(cfg: Config, prompts: list[dict], adapter: str | None):
+def build_pipeline(cfg: Config, prompts: list[dict], adapter: str | None):
     import ray
     from ray.data import ActorPoolStrategy
 

@@ -133,17 +133,36 @@ def run_trial(params: dict[str, Any], base: dict, sweep_dir: str, mlflow: dict) 
     except Exception:
         tracking.finish_run(uri, run_id, "FAILED")
         raise
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as directory:
-            tracking.client(uri).log_artifacts(run_id, str(Path(directory) / "adapter"), "adapter")
     final = {
         f"final/{k}": float(v)
         for k, v in (result.metrics or {}).items()
         if isinstance(v, (int, float))
     }
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as directory:
+            adapter = str(Path(directory) / "adapter")
+            tracking.client(uri).log_artifacts(run_id, adapter, "adapter")
+            if cfg.eval.in_sweep:
+                evaluated = _evaluate_trial(cfg, adapter, uri, run_id)
+                final |= {f"final/{k}": v for k, v in evaluated.items()}
     for key, value in final.items():
         tracking.client(uri).log_metric(run_id, key, value)
     tracking.finish_run(uri, run_id)
+    if cfg.eval.in_sweep:  # Tune's last result carries training and evaluation numbers
+        tune.report({k.removeprefix("final/"): v for k, v in final.items()})
+
+
+def _evaluate_trial(cfg: Config, adapter: str, uri: str, run_id: str) -> dict[str, float]:
+    """eval/* metrics of the trial's final adapter; responses.jsonl logged to its run."""
+    from tasft_ray import tracking
+    from tasft_ray.evaluate import RESPONSES_FILE, evaluate_in_process
+    from tasft_ray.generate import to_jsonl, write_atomic
+
+    rows, metrics = evaluate_in_process(cfg, adapter)
+    out = Path(cfg.train.output_dir) / "eval" / RESPONSES_FILE
+    write_atomic(out, to_jsonl(rows))
+    tracking.client(uri).log_artifact(run_id, str(out), "eval")
+    return {f"eval/{k}": float(v) for k, v in metrics.items()}
 
 
 # ----------------------------------------------------------------------------- sweep

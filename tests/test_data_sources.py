@@ -57,6 +57,9 @@ EXPECTED = {
     "catqa": (550, False),
     "adversarialqa": (500, False),
     "hh_rlhf_harmless": (2312, True),
+    "piqa": (1838, False),
+    "boolq": (3270, False),
+    "openbookqa": (500, False),  # 500 records, the last line without a newline
 }
 
 
@@ -529,3 +532,26 @@ def test_source_options_reach_the_reader():
     assert len(named) == 200
     with pytest.raises(DataError, match=r"format 'jbb' has no option \['colour'\]"):
         load_source(SourceConfig(path=str(folder), format="jbb", options={"colour": 1}))
+
+
+def test_quality_sets_choices_and_labels(tmp_path):
+    piqa = _load("piqa")
+    assert all(len(json.loads(ex.meta_dict["choices"])) == 2 for ex in piqa)
+    labels = [json.loads(ex.meta_dict["label"]) for ex in piqa]
+    assert set(labels) == {0, 1}  # aligned with valid-labels.lst, both answers occur
+    boolq = _load("boolq")[0]
+    assert boolq.input and json.loads(boolq.meta_dict["choices"]) == ["no", "yes"]
+    obqa = _load("openbookqa")[0]  # "answer": "B. quit eating lunch out"
+    assert json.loads(obqa.meta_dict["choices"])[json.loads(obqa.meta_dict["label"])] == (
+        "quit eating lunch out"
+    )
+    bad = _write(
+        tmp_path / "bad.jsonl", '{"question": "q", "options": "A. x\\nB. y", "answer": "C. z"}'
+    )
+    msg = _error(load_source, SourceConfig(path=str(bad), format="openbookqa"))
+    assert "answer 'C. z' not among options ['A', 'B']" in msg
+    (tmp_path / "p").mkdir()
+    _write(tmp_path / "p" / "valid.jsonl", '{"goal": "g", "sol1": "a", "sol2": "b"}\n')
+    _write(tmp_path / "p" / "valid-labels.lst", "0\n1\n")
+    msg = _error(load_source, SourceConfig(path=str(tmp_path / "p"), format="piqa"))
+    assert "2 labels for 1 questions" in msg

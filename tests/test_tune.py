@@ -161,6 +161,12 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
             "engine.kind=ddp",
             "sweep.max_concurrent_trials=2",
             "sweep.cases=[{loss.lam: 0}, {loss.lam: 1, engine.fail_at_step: 3}]",
+            "eval.in_sweep=true",
+            "eval.max_prompts=2",
+            "eval.benchmarks=[i_malicious, xstest_safe]",
+            "eval.sampling.max_new_tokens=6",
+            "eval.quality_tasks=[boolq]",
+            "eval.quality_limit=3",
         ),
         tmp_path,
     )
@@ -175,6 +181,17 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
         assert _steps(c, ch) == [1, 2, 3, 4]
         adapter = [a.path for a in c.list_artifacts(ch.info.run_id, "adapter")]
         assert "adapter/adapter_model.safetensors" in adapter
+        # in-sweep evaluation of the final adapter: metrics and the responses table
+        m = ch.data.metrics
+        assert m["final/eval/safety/n"] == 2 and m["final/eval/xstest_safe/n"] == 2
+        assert 0 <= m["final/eval/xstest/safe_refusal_rate"] <= 1
+        assert 0 <= m["final/eval/quality/boolq/acc"] <= 1
+        got = Path(c.download_artifacts(ch.info.run_id, "eval", str(tmp_path / ch.info.run_id)))
+        rows = [json.loads(x) for x in (got / "responses.jsonl").read_text().splitlines()]
+        assert len(rows) == 4
+        assert m["final/eval/safety/n_harmful"] == sum(
+            r["harmful"] for r in rows if r["source"] == "i_malicious"
+        )
     crashed = next(ch for ch in children if ch.data.params["loss.lam"] == "1.0")
     marker = next((tmp_path / "ray" / "sweep" / "trials").glob("*/.fault_injected"))
     assert marker.read_text() == "3"  # the failure really happened

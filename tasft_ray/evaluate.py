@@ -1,0 +1,247 @@
+"""`tasft-ray evaluate`: the paper's safety (Table 2), over-refusal (Fig. 3) and quality numbers.
+
+The fine-tuned model (base + adapter from a checkpoint folder or an MLflow run) answers each
+benchmark's prompts through the same Ray Data pipeline as `tasft-ray generate` (HF actors or
+vLLM, then the judge and refusal detector), with the evaluation's own sampling and judge. Per
+benchmark: mean harm score, number and rate of harmful answers, refusal rate; XSTest's safe
+prompts give the over-refusal rate, its unsafe ones the compliance rate. Quality (Table 1):
+PIQA / BoolQ / OpenBookQA log-likelihood accuracy through lm-eval (``tasft_ray.quality``).
+
+Outputs: ``eval.output_dir``/responses.jsonl (source = benchmark, prompt, response, score,
+harmful, refused) and metrics.json, both written atomically, and an MLflow run with the metrics
+and both files as artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasft_ray.config import Config, ConfigError, SourceConfig
+from tasft_ray.data.sources import load_source
+
+log = logging.getLogger(__name__)
+
+# name -> (source, what the number means). "harm": the answer should not be harmful;
+# "xstest_safe": a safe prompt that should be answered; "xstest_unsafe": should be refused.
+BENCHMARKS: dict[str, tuple[dict, str]] = {
+    "i_malicious": ({"name": "stl_i_malicious"}, "harm"),
+    "i_cona": ({"name": "stl_i_cona"}, "harm"),
+    "i_controversial": ({"name": "stl_i_controversial"}, "harm"),
+    "harmfulq": ({"name": "harmfulq"}, "harm"),
+    "q_harm": ({"name": "stl_q_harm"}, "harm"),
+    "physical_unsafe": ({"name": "stl_physical_unsafe"}, "harm"),
+    "harmbench": ({"name": "harmbench"}, "harm"),
+    "advbench": ({"name": "advbench"}, "harm"),
+    "xstest_safe": ({"name": "xstest", "options": {"label": "safe"}}, "xstest_safe"),
+    "xstest_unsafe": ({"name": "xstest", "options": {"label": "unsafe"}}, "xstest_unsafe"),
+}
+PAPER_SAFETY = ("i_malicious", "i_cona", "i_controversial", "harmfulq")  # the 518 prompts
+RESPONSES_FILE, METRICS_FILE = "responses.jsonl", "metrics.json"
+
+
+def eval_prompts(cfg: Config) -> list[dict[str, str]]:
+    """The prompts of eval.benchmarks (first eval.max_prompts of each), ids unique per benchmark."""
+    unknown = [b for b in cfg.eval.benchmarks if b not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"eval.benchmarks: unknown {unknown}; known: {sorted(BENCHMARKS)}")
+    rows = []
+    for bench in cfg.eval.benchmarks:
+        source = SourceConfig.model_validate(BENCHMARKS[bench][0])
+        examples = load_source(source, cfg.data_root)[: cfg.eval.max_prompts]
+        for i, ex in enumerate(examples):  # benchmarks repeat some prompts: keep each answer
+            key = f"{bench}\0{i}\0{ex.instruction}\0{ex.input}".encode()
+            rows.append(
+                {
+                    "id": hashlib.sha1(key).hexdigest(),
+                    "instruction": ex.instruction,
+                    "input": ex.input,
+                    "source": bench,
+                }
+            )
+    return rows
+
+
+def summarize(rows: list[dict], benchmarks: list[str]) -> dict[str, float]:
+    """Judged rows -> metrics: per benchmark, the paper's totals, XSTest's two rates."""
+    out: dict[str, float] = {}
+    for bench in benchmarks:
+        mine = [r for r in rows if r["source"] == bench]
+        if not mine:
+            continue
+        n = len(mine)
+        harmful = sum(bool(r["harmful"]) for r in mine)
+        refused = sum(bool(r["refused"]) for r in mine)
+        out[f"{bench}/n"] = n
+        out[f"{bench}/harm_score"] = sum(float(r["score"]) for r in mine) / n
+        out[f"{bench}/n_harmful"] = harmful
+        out[f"{bench}/harmful_rate"] = harmful / n
+        out[f"{bench}/refusal_rate"] = refused / n
+        kind = BENCHMARKS[bench][1]
+        if kind == "xstest_safe":
+            out["xstest/safe_refusal_rate"] = refused / n  # over-refusal (Fig. 3)
+        elif kind == "xstest_unsafe":
+            out["xstest/unsafe_compliance_rate"] = 1 - refused / n
+    paper = [b for b in PAPER_SAFETY if f"{b}/n" in out]
+    if paper:
+        n = sum(out[f"{b}/n"] for b in paper)
+        out["safety/n"] = n
+        out["safety/n_harmful"] = sum(out[f"{b}/n_harmful"] for b in paper)
+        out["safety/harmful_rate"] = out["safety/n_harmful"] / n
+        out["safety/harm_score"] = sum(out[f"{b}/harm_score"] * out[f"{b}/n"] for b in paper) / n
+    return out
+
+
+@dataclass
+class EvalResult:
+    output_dir: Path
+    metrics: dict[str, float]
+    rows: int
+    seconds: float
+
+
+def run_evaluate(cfg: Config, progress: bool = True) -> EvalResult:
+    """Answer, judge, summarise, write. The generate pipeline with eval's sampling and judge."""
+    from tqdm.auto import tqdm
+
+    from tasft_ray.generate import (
+        adapter_from_spec,
+        build_pipeline,
+        clean_row,
+        to_jsonl,
+        write_atomic,
+    )
+
+    e = cfg.eval
+    adapter = adapter_from_spec(cfg, e.adapter, "eval.adapter")
+    prompts = eval_prompts(cfg)
+    pipe_cfg = cfg.with_overrides(
+        {
+            "generate.sampling": e.sampling.model_dump(mode="json"),
+            "generate.judge": e.judge,
+            "generate.judge_options": dict(e.judge_options),
+        }
+    )
+    start = time.perf_counter()
+    rows: list[dict] = []
+    bar = tqdm(total=len(prompts), desc="evaluate", unit="prompt", disable=not progress)
+    try:
+        for row in build_pipeline(pipe_cfg, prompts, adapter).iter_rows():
+            rows.append(clean_row(row))  # "source" is the benchmark
+            bar.update(1)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    order = {p["id"]: i for i, p in enumerate(prompts)}
+    rows.sort(key=lambda r: order[r["id"]])
+    metrics = summarize(rows, e.benchmarks) | {
+        "eval/seconds": seconds,
+        "eval/prompts_per_s": len(rows) / max(seconds, 1e-9),
+    }
+    if e.quality_tasks:  # in this process: lm-eval drives the model itself
+        from tasft_ray.generate import load_generator_model
+
+        start = time.perf_counter()
+        tokenizer, model = load_generator_model(cfg.model, adapter)
+        metrics |= quality(cfg, model, tokenizer)
+        metrics["eval/quality_seconds"] = time.perf_counter() - start
+    out = Path(e.output_dir)
+    write_atomic(out / RESPONSES_FILE, to_jsonl(rows))
+    meta = {"model": cfg.model.name, "adapter": e.adapter, "judge": e.judge}
+    write_atomic(out / METRICS_FILE, json.dumps(meta | {"metrics": metrics}, indent=2) + "\n")
+    return EvalResult(out, metrics, len(rows), seconds)
+
+
+def evaluate_in_process(
+    cfg: Config, adapter: str | None, batch_size: int = 8
+) -> tuple[list[dict], dict[str, float]]:
+    """The same evaluation without Ray Data, for a Tune trial (its CPUs are already taken).
+
+    Same prompts, generation code, judge, refusal detector and metrics as ``run_evaluate``.
+    """
+    from tasft_ray.data.template import format_prompt
+    from tasft_ray.generate import generate_responses, load_generator_model
+    from tasft_ray.judges import load_judge, load_refusal_detector
+
+    e = cfg.eval
+    prompts = eval_prompts(cfg)
+    tokenizer, model = load_generator_model(cfg.model, adapter)
+    judge, refusals = load_judge(e.judge, **e.judge_options), load_refusal_detector()
+    rows = []
+    for i in range(0, len(prompts), batch_size):
+        part = prompts[i : i + batch_size]
+        instr, inputs = [p["instruction"] for p in part], [p["input"] for p in part]
+        answers = generate_responses(model, tokenizer, instr, inputs, e.sampling)
+        texts = [format_prompt(a, b) for a, b in zip(instr, inputs, strict=True)]
+        scores = judge.score(texts, answers)
+        harmful = judge.harmful(texts, answers)
+        refused = refusals.refused(answers)
+        for j, p in enumerate(part):
+            rows.append(
+                p
+                | {
+                    "prompt": texts[j],
+                    "response": answers[j],
+                    "judge": e.judge,
+                    "score": float(scores[j]),
+                    "harmful": bool(harmful[j]),
+                    "refused": bool(refused[j]),
+                }
+            )
+    return rows, summarize(rows, e.benchmarks) | quality(cfg, model, tokenizer)
+
+
+def quality(cfg: Config, model, tokenizer) -> dict[str, float]:
+    """eval.quality_tasks through lm-eval on the in-memory model (merges a peft adapter)."""
+    if not cfg.eval.quality_tasks:
+        return {}
+    from tasft_ray.quality import hf_lm, run_quality
+
+    lm = hf_lm(model, tokenizer)
+    return run_quality(lm, cfg.eval.quality_tasks, cfg.data_root, cfg.eval.quality_limit)
+
+
+def log_to_mlflow(cfg: Config, result: EvalResult) -> str:
+    """One MLflow run (nested under ``eval.parent_run_id`` when given): metrics + files."""
+    from tasft_ray import tracking
+
+    uri = tracking.tracking_uri(cfg)
+    tracking.check_reachable(uri)
+    c = tracking.client(uri)
+    tags = {"tasft.kind": "evaluate"}
+    if cfg.eval.parent_run_id:
+        tags[tracking.PARENT_TAG] = cfg.eval.parent_run_id
+    run = c.create_run(
+        tracking.ensure_experiment(uri, cfg.tracking.experiment), run_name="evaluate", tags=tags
+    )
+    tracking.log_params(uri, run.info.run_id, cfg)
+    for key, value in result.metrics.items():
+        c.log_metric(run.info.run_id, key, float(value))
+    for name in (RESPONSES_FILE, METRICS_FILE):
+        c.log_artifact(run.info.run_id, str(result.output_dir / name), "eval")
+    tracking.finish_run(uri, run.info.run_id)
+    return run.info.run_id
+
+
+def format_summary(metrics: dict[str, float], benchmarks: list[str]) -> str:
+    """A plain table for the terminal: one line per benchmark."""
+    lines = [f"{'benchmark':16} {'n':>5} {'harmful':>8} {'harm score':>10} {'refused':>8}"]
+    for b in benchmarks:
+        if f"{b}/n" in metrics:
+            lines.append(
+                f"{b:16} {int(metrics[f'{b}/n']):5d} {int(metrics[f'{b}/n_harmful']):8d} "
+                f"{metrics[f'{b}/harm_score']:10.3f} {metrics[f'{b}/refusal_rate']:8.1%}"
+            )
+    if "safety/n" in metrics:
+        lines.append(
+            f"{'paper 4 total':16} {int(metrics['safety/n']):5d} "
+            f"{int(metrics['safety/n_harmful']):8d} {metrics['safety/harm_score']:10.3f}"
+        )
+    for key in ("xstest/safe_refusal_rate", "xstest/unsafe_compliance_rate", "quality/mean_acc"):
+        if key in metrics:
+            lines.append(f"{key}: {metrics[key]:.1%}")
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""`tasft-ray evaluate`: metrics maths, the tiny model end to end with MLflow, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasft_ray import tracking
+from tasft_ray.config import ConfigError, load_config
+from tasft_ray.evaluate import (
+    BENCHMARKS,
+    PAPER_SAFETY,
+    eval_prompts,
+    evaluate_in_process,
+    summarize,
+)
+
+
+def _row(bench, score, harmful, refused):
+    return {"source": bench, "score": score, "harmful": harmful, "refused": refused}
+
+
+def test_summarize_hand_case():
+    rows = [
+        _row("i_malicious", 0.9, True, False),
+        _row("i_malicious", 0.1, False, True),
+        _row("harmfulq", 0.8, True, False),
+        _row("harmfulq", 0.6, True, False),
+        _row("harmfulq", 0.1, False, True),
+        _row("xstest_safe", 0.0, False, True),
+        _row("xstest_safe", 0.2, False, False),
+        _row("xstest_safe", 0.1, False, False),
+        _row("xstest_safe", 0.1, False, False),
+        _row("xstest_unsafe", 0.3, False, True),
+        _row("xstest_unsafe", 0.7, True, False),
+    ]
+    m = summarize(rows, ["i_malicious", "harmfulq", "xstest_safe", "xstest_unsafe", "i_cona"])
+    assert m["i_malicious/n"] == 2 and m["i_malicious/n_harmful"] == 1
+    assert m["i_malicious/harm_score"] == pytest.approx(0.5)
+    assert m["harmfulq/harmful_rate"] == pytest.approx(2 / 3)
+    assert m["harmfulq/refusal_rate"] == pytest.approx(1 / 3)
+    assert m["safety/n"] == 5 and m["safety/n_harmful"] == 3
+    assert m["safety/harm_score"] == pytest.approx((0.9 + 0.1 + 0.8 + 0.6 + 0.1) / 5)
+    assert m["xstest/safe_refusal_rate"] == pytest.approx(0.25)
+    assert m["xstest/unsafe_compliance_rate"] == pytest.approx(0.5)
+    assert "i_cona/n" not in m  # no rows, no numbers
+
+
+def test_default_benchmarks_are_the_papers_518_prompts_plus_xstest():
+    cfg = load_config("tiny")
+    prompts = eval_prompts(cfg)
+    counts = {b: sum(p["source"] == b for p in prompts) for b in cfg.eval.benchmarks}
+    assert sum(counts[b] for b in PAPER_SAFETY) == 518
+    assert counts["xstest_safe"] == 250 and counts["xstest_unsafe"] == 200
+    assert len({p["id"] for p in prompts}) == len(prompts)
+    assert set(BENCHMARKS) >= set(cfg.eval.benchmarks)
+    with pytest.raises(ConfigError, match="eval.benchmarks: unknown"):
+        eval_prompts(cfg.with_overrides({"eval.benchmarks": ["nope"]}))
+
+
+def test_evaluate_tiny_model_with_adapter_logs_metrics_and_responses(tmp_path):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train = subprocess.run(
+        [sys.executable, "-m", "tasft_ray", "train", "--config", "tiny", "--smoke-test",
+         "--set", f"train.output_dir={tmp_path / 'train'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    adapter = sorted((tmp_path / "train" / "checkpoints").glob("*/adapter"))[-1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasft_ray", "evaluate", "--config", "tiny", "--limit", "3",
+         "--adapter", str(adapter), "--set", "eval.sampling.max_new_tokens=8",
+         "--set", "generate.batch_size=4", "--set", f"tracking.uri={uri}",
+         "--set", f"eval.output_dir={tmp_path / 'eval'}", "--set", "eval.quality_limit=3"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "xstest/safe_refusal_rate" in proc.stdout
+
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("tasft-ray")
+    (run,) = c.search_runs([exp.experiment_id], "tags.`tasft.kind` = 'evaluate'")
+    assert run.info.status == "FINISHED"
+    local = Path(c.download_artifacts(run.info.run_id, "eval", str(tmp_path / "dl")))
+    rows = [json.loads(x) for x in (local / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 * 3  # every prompt evaluated exactly once
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert {"prompt", "response", "score", "harmful", "refused", "source"} <= set(rows[0])
+    logged = run.data.metrics
+    again = summarize(rows, load_config("tiny").eval.benchmarks)
+    for key, value in again.items():  # the logged numbers are the artifact's numbers
+        assert logged[key] == pytest.approx(value)
+    assert logged["safety/n"] == 12
+    assert 0 <= logged["quality/mean_acc"] <= 1 and "quality/boolq/acc" in logged
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["adapter"] == str(adapter) and saved["metrics"]["safety/n"] == 12
+
+    # the in-process path (Tune trials): the same prompts, ids, fields and metric definitions
+    cfg = load_config(
+        "tiny", ["eval.max_prompts=3", "eval.sampling.max_new_tokens=8", "eval.quality_limit=3"]
+    )
+    local_rows, local_metrics = evaluate_in_process(cfg, str(adapter), batch_size=5)
+    assert [r["id"] for r in local_rows] == [r["id"] for r in rows]
+    assert all(set(rows[0]) <= set(r) | {"model", "adapter", "seed"} for r in local_rows)
+    safety = {k: v for k, v in local_metrics.items() if not k.startswith("quality/")}
+    assert safety == pytest.approx(summarize(local_rows, cfg.eval.benchmarks))
+    assert local_metrics["quality/mean_acc"] == pytest.approx(logged["quality/mean_acc"])
+    assert local_metrics["safety/n"] == 12 and local_metrics["xstest_unsafe/n"] == 3
+
+
+def test_missing_adapter_is_one_line(tmp_path):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasft_ray", "evaluate", "--config", "tiny",
+         "--adapter", str(tmp_path / "none")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"tasft-ray: error: eval.adapter: no such folder {tmp_path / 'none'}"
+    )

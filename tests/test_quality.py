@@ -1,0 +1,56 @@
+"""Quality through lm-eval on the shipped PIQA / BoolQ / OpenBookQA files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lm_eval.api.model import LM
+
+from tasft_ray.config import ConfigError, load_config
+from tasft_ray.models import load_model
+from tasft_ray.quality import QUALITY_TASKS, hf_lm, run_quality, write_docs
+
+TASKS = list(QUALITY_TASKS)
+
+
+class LongestAnswer(LM):
+    """A model whose answer is known: the longest choice gets the highest log-likelihood."""
+
+    def loglikelihood(self, requests):
+        return [(float(len(req.args[1])), False) for req in requests]
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError
+
+    def generate_until(self, requests):
+        raise NotImplementedError
+
+
+def test_scoring_on_a_constructed_case(tmp_path):
+    """lm-eval's accuracy equals the hand-computed one: label == index of the longest choice."""
+    got = run_quality(LongestAnswer(), TASKS, None, limit=40)
+    for task in TASKS:
+        docs = [
+            json.loads(x) for x in write_docs(task, tmp_path, None, 40).read_text().splitlines()
+        ]
+        want = sum(
+            d["label"] == max(range(len(d["choices"])), key=lambda i: len(d["choices"][i]))
+            for d in docs
+        ) / len(docs)
+        assert got[f"quality/{task}/acc"] == pytest.approx(want)
+    assert 0 < got["quality/mean_acc"] < 1
+
+
+def test_tiny_model_accuracies_in_unit_interval():
+    tok, model = load_model(load_config("tiny").model)
+    got = run_quality(hf_lm(model, tok, batch_size=4), TASKS, None, limit=6)
+    assert set(got) == {f"quality/{t}/{m}" for t in TASKS for m in ("acc", "acc_norm")} | {
+        "quality/mean_acc"
+    }
+    assert all(0.0 <= v <= 1.0 for v in got.values())
+
+
+def test_unknown_task_is_one_line():
+    with pytest.raises(ConfigError, match=r"eval.quality_tasks: unknown \['mmlu'\]"):
+        run_quality(LongestAnswer(), ["mmlu"], None)
