@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -311,64 +313,88 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path)
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A real `ray start --head` with the dashboard (needed by `ray job submit`)."""
+    """A real `ray start --head --block` with the dashboard (needed by `ray job submit`).
+
+    Free ports, its own process group, stopped by that group: another Ray on the machine (a
+    user's, or a sweep left running) neither blocks the test nor gets stopped by it.
+    """
     env = _env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     ray_bin = str(Path(sys.executable).parent / "ray")
-    subprocess.run(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            "--num-cpus=4",
-            "--include-dashboard=true",
-            "--dashboard-port=8265",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
+    gcs, dashboard, agent = _free_port(), _free_port(), _free_port()
+    log = open(tmp_path / "ray_head.log", "w")
+    proc = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4",
+         "--include-dashboard=true", f"--dashboard-port={dashboard}",
+         f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
     try:
-        yield env, ray_bin
+        url = f"http://127.0.0.1:{dashboard}"
+        deadline = time.time() + 180
+        while not _answers(f"{url}/api/version"):
+            assert proc.poll() is None, (tmp_path / "ray_head.log").read_text()[-3000:]
+            assert time.time() < deadline, "the Ray dashboard did not come up in 180 s"
+            time.sleep(1)
+        yield env, url
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def test_ray_job_submit(tmp_path, ray_head):
-    env, ray_bin = ray_head
+    env, url = ray_head
+    ray_bin = str(Path(sys.executable).parent / "ray")
     data_root = os.environ["TASFT_DATA_DIR"]
     env_vars = {"TASFT_DATA_DIR": data_root, "RAY_AUTH_MODE": "disabled"}
     runtime_env = json.dumps({"env_vars": env_vars})
-    proc = subprocess.run(
-        [
-            ray_bin,
-            "job",
-            "submit",
-            "--address",
-            "http://127.0.0.1:8265",
-            "--working-dir",
-            str(REPO_ROOT),
-            "--runtime-env-json",
-            runtime_env,
-            "--",
-            "python",
-            "-m",
-            "tasft_ray.tune",
-            "--config",
-            "configs/tiny.yaml",
-            "--smoke-test",
-            "--set",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            "--set",
-            f"sweep.storage={tmp_path / 'ray'}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SWEEP_TIMEOUT,
-    )
+    submit = [
+        ray_bin,
+        "job",
+        "submit",
+        "--address",
+        url,
+        "--working-dir",
+        str(REPO_ROOT),
+        "--runtime-env-json",
+        runtime_env,
+        "--",
+        "python",
+        "-m",
+        "tasft_ray.tune",
+        "--config",
+        "configs/tiny.yaml",
+        "--smoke-test",
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--set",
+        f"sweep.storage={tmp_path / 'ray'}",
+    ]
+    for _ in range(30):  # the head's dashboard agent registers a few seconds after the head
+        proc = subprocess.run(
+            submit, env=env, capture_output=True, text=True, timeout=SWEEP_TIMEOUT
+        )
+        if "No available agent" not in proc.stderr:
+            break
+        time.sleep(2)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert "succeeded" in proc.stdout.lower()
     c, parents, children = _runs(tmp_path)
