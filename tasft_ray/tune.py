@@ -197,6 +197,7 @@ def init_ray(cfg: Config, num_cpus: int | None = None) -> None:
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local use: no token auth
         ray.init(
+            address="local",  # a new local cluster, never one a stale `ray start` file names
             num_cpus=num_cpus or logical_cpus(cfg),
             include_dashboard=True,
             runtime_env={"env_vars": env},

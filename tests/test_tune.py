@@ -344,6 +344,10 @@ def ray_head(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        # `ray start` records its address for later ray.init() calls; ours is gone now
+        current = Path(env.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
+            current.unlink()
 
 
 def _free_port() -> int:
