@@ -30,6 +30,11 @@ EPILOG_EVALUATE = """examples:
   tasft-ray evaluate --config quickstart --adapter mlflow:RUN_ID --limit 20
   tasft-ray evaluate --config tiny --set "eval.benchmarks=[harmbench, xstest_safe]"
 """
+EPILOG_REPORT = """examples:
+  tasft-ray report --parent-run RUN_ID                  # one sweep (python -m tasft_ray.tune)
+  tasft-ray report --experiment tasft-ray --output docs/results
+  (reads tracking.uri / MLFLOW_TRACKING_URI; default sqlite:///mlflow.db in this folder)
+"""
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -99,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ev)
     ev.add_argument("--adapter", default=None, help="adapter folder or mlflow:RUN_ID")
     ev.add_argument("--limit", type=int, default=None, help="prompts per benchmark")
+    rep = sub.add_parser(
+        "report",
+        help="a sweep's MLflow runs -> markdown tables + PNG figures (logged to the parent run)",
+        epilog=EPILOG_REPORT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(rep)
+    which = rep.add_mutually_exclusive_group(required=True)
+    which.add_argument("--parent-run", default=None, metavar="ID", help="one sweep's parent run")
+    which.add_argument("--experiment", default=None, metavar="NAME", help="every sweep in it")
+    rep.add_argument("--output", default=None, help="folder (default runs/report/<ID or NAME>)")
     show = sub.add_parser(
         "config",
         help="validate and print a resolved config",
@@ -141,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(cfg, args.overwrite)
         if args.command == "evaluate":
             return _evaluate(cfg)
+        if args.command == "report":
+            return _report(cfg, args.parent_run, args.experiment, args.output)
         from tasft_ray.train import run_training
 
         result = run_training(cfg, resume=args.resume)
@@ -166,6 +184,19 @@ def _generate(cfg, overwrite: bool) -> int:
         print(
             f"prompts ran out: {result.harmful} of the {cfg.generate.target} harmful pairs wanted"
         )
+    return 0
+
+
+def _report(cfg, parent_run: str | None, experiment: str | None, output: str | None) -> int:
+    from tasft_ray import tracking
+    from tasft_ray.report import REPORT_MD, format_trials, write_report
+
+    uri = tracking.tracking_uri(cfg)
+    tracking.check_reachable(uri)
+    out = output or f"runs/report/{parent_run or experiment}"
+    folder, trials = write_report(uri, out, parent_run_id=parent_run, experiment=experiment)
+    print(format_trials(trials))
+    print(f"report: {folder / REPORT_MD}")
     return 0
 
 

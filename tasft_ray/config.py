@@ -98,6 +98,11 @@ class SourceConfig(_Section):
         description="Reader options, e.g. {jailbroken: true} (jbb), {label: safe} (xstest), "
         "{harmful_only: false} (generated); they override a registry entry's own.",
     )
+    fallback: SourceConfig | None = Field(
+        None,
+        description="Used, with a warning, while `path` does not exist yet (e.g. data that "
+        "`tasft-ray generate` creates, with a shipped set until then).",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_origin(self) -> SourceConfig:
@@ -106,9 +111,14 @@ class SourceConfig(_Section):
             raise ValueError(f"give exactly one of name, path, url, hf (got {given or 'none'})")
         if not self.name and self.format is None:
             raise ValueError(f"'format' is required with '{given[0]}'")
-        if self.path and not Path(self.path).expanduser().exists():
+        if self.fallback is not None and not self.path:
+            raise ValueError("'fallback' only applies to a 'path' source")
+        if self.path and not self.path_exists() and self.fallback is None:
             raise ValueError(f"file not found: {self.path}")
         return self
+
+    def path_exists(self) -> bool:
+        return bool(self.path) and Path(str(self.path)).expanduser().exists()
 
 
 class DataConfig(_Section):
@@ -179,6 +189,12 @@ class TrainConfig(_Section):
     warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio if set.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
     seed: int = Field(0, description="Seeds data order, toxic sampling, init and dropout.")
+    group_by_length: int = Field(
+        0,
+        ge=0,
+        description="Sort each window of this many micro-batches by length, then shuffle the "
+        "micro-batches (0: off): less padding, same examples per epoch.",
+    )
     checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints (0: end only).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     output_dir: str = Field("runs/default", description="Checkpoints and metrics.jsonl go here.")
@@ -311,6 +327,24 @@ class GenerateConfig(_Section):
     )
 
 
+class AlpacaEvalConfig(_Section):
+    """AlpacaEval win rate against reference outputs, judged pairwise by an LLM (optional)."""
+
+    judge_model: str | None = Field(
+        None,
+        description="Chat model of an OpenAI-compatible API (e.g. gpt-4o-mini); None: skipped.",
+    )
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint (None: OpenAI; key from OPENAI_API_KEY)."
+    )
+    reference: Literal["alpaca_eval", "alpaca_eval_gpt4"] = Field(
+        "alpaca_eval", description="Reference outputs: text-davinci-003 (1.0) or GPT-4 (2.0)."
+    )
+    max_instructions: int | None = Field(100, ge=1, description="First N of 805 (None: all).")
+    max_new_tokens: int = Field(256, ge=1)
+    seed: int = Field(0, description="Seeds which side (a or b) the model's output is shown on.")
+
+
 class EvalConfig(_Section):
     """`tasft-ray evaluate`: safety and over-refusal of base + adapter (generation settings
     such as batch_size and num_actors come from the generate section)."""
@@ -347,6 +381,13 @@ class EvalConfig(_Section):
         False,
         description="Each Tune trial evaluates its final adapter in-process (eval.benchmarks, "
         "eval.max_prompts) and logs eval/* metrics + responses.jsonl to its child run.",
+    )
+    alpaca_eval: AlpacaEvalConfig = Field(default_factory=AlpacaEvalConfig)
+    checkpoints: Literal["final", "all"] = Field(
+        "final",
+        description="In the sweep: evaluate the final adapter, or every checkpoint Ray keeps "
+        "(train.checkpoint_every, train.keep_checkpoints) for harm-vs-step curves; eval/* are "
+        "logged at each checkpoint's step, quality on the final adapter only.",
     )
 
 

@@ -41,7 +41,7 @@ BENCHMARKS: dict[str, tuple[dict, str]] = {
     "xstest_unsafe": ({"name": "xstest", "options": {"label": "unsafe"}}, "xstest_unsafe"),
 }
 PAPER_SAFETY = ("i_malicious", "i_cona", "i_controversial", "harmfulq")  # the 518 prompts
-RESPONSES_FILE, METRICS_FILE = "responses.jsonl", "metrics.json"
+RESPONSES_FILE, METRICS_FILE, ALPACA_FILE = "responses.jsonl", "metrics.json", "alpaca_eval.jsonl"
 
 
 def eval_prompts(cfg: Config) -> list[dict[str, str]]:
@@ -142,67 +142,68 @@ def run_evaluate(cfg: Config, progress: bool = True) -> EvalResult:
         "eval/seconds": seconds,
         "eval/prompts_per_s": len(rows) / max(seconds, 1e-9),
     }
-    if e.quality_tasks:  # in this process: lm-eval drives the model itself
+    verdicts: list[dict] = []
+    if e.quality_tasks or e.alpaca_eval.judge_model:  # in this process: scored on the model
         from tasft_ray.generate import load_generator_model
 
         start = time.perf_counter()
         tokenizer, model = load_generator_model(cfg.model, adapter)
-        metrics |= quality(cfg, model, tokenizer)
-        metrics["eval/quality_seconds"] = time.perf_counter() - start
+        scored, verdicts = model_metrics(cfg, model, tokenizer)
+        metrics |= scored | {"eval/quality_seconds": time.perf_counter() - start}
     out = Path(e.output_dir)
     write_atomic(out / RESPONSES_FILE, to_jsonl(rows))
+    if verdicts:
+        write_atomic(out / ALPACA_FILE, to_jsonl(verdicts))
+    else:  # never log an earlier run's verdicts with this run's metrics
+        (out / ALPACA_FILE).unlink(missing_ok=True)
     meta = {"model": cfg.model.name, "adapter": e.adapter, "judge": e.judge}
     write_atomic(out / METRICS_FILE, json.dumps(meta | {"metrics": metrics}, indent=2) + "\n")
     return EvalResult(out, metrics, len(rows), seconds)
 
 
 def evaluate_in_process(
-    cfg: Config, adapter: str | None, batch_size: int = 8
+    cfg: Config, adapter: str | None, batch_size: int = 8, with_quality: bool = True
 ) -> tuple[list[dict], dict[str, float]]:
     """The same evaluation without Ray Data, for a Tune trial (its CPUs are already taken).
 
-    Same prompts, generation code, judge, refusal detector and metrics as ``run_evaluate``.
+    Same prompts, generation code, judge, refusal detector and metrics as ``run_evaluate``;
+    ``with_quality=False`` skips lm-eval and AlpacaEval (intermediate checkpoints).
     """
-    from tasft_ray.data.template import format_prompt
-    from tasft_ray.generate import generate_responses, load_generator_model
-    from tasft_ray.judges import load_judge, load_refusal_detector
+    from tasft_ray.generate import JudgeStage, clean_row, generate_responses, load_generator_model
 
     e = cfg.eval
     prompts = eval_prompts(cfg)
     tokenizer, model = load_generator_model(cfg.model, adapter)
-    judge, refusals = load_judge(e.judge, **e.judge_options), load_refusal_detector()
+    judge = JudgeStage(e.judge, dict(e.judge_options))  # the pipeline's judge stage, called here
     rows = []
     for i in range(0, len(prompts), batch_size):
         part = prompts[i : i + batch_size]
-        instr, inputs = [p["instruction"] for p in part], [p["input"] for p in part]
-        answers = generate_responses(model, tokenizer, instr, inputs, e.sampling)
-        texts = [format_prompt(a, b) for a, b in zip(instr, inputs, strict=True)]
-        scores = judge.score(texts, answers)
-        harmful = judge.harmful(texts, answers)
-        refused = refusals.refused(answers)
-        for j, p in enumerate(part):
-            rows.append(
-                p
-                | {
-                    "prompt": texts[j],
-                    "response": answers[j],
-                    "judge": e.judge,
-                    "score": float(scores[j]),
-                    "harmful": bool(harmful[j]),
-                    "refused": bool(refused[j]),
-                }
-            )
-    return rows, summarize(rows, e.benchmarks) | quality(cfg, model, tokenizer)
+        batch = {k: [p[k] for p in part] for k in ("id", "source", "instruction", "input")}
+        batch["response"] = generate_responses(
+            model, tokenizer, batch["instruction"], batch["input"], e.sampling
+        )
+        judged = judge(batch)
+        rows += [clean_row({k: v[j] for k, v in judged.items()}) for j in range(len(part))]
+    metrics = summarize(rows, e.benchmarks)
+    return rows, metrics | (model_metrics(cfg, model, tokenizer)[0] if with_quality else {})
 
 
-def quality(cfg: Config, model, tokenizer) -> dict[str, float]:
-    """eval.quality_tasks through lm-eval on the in-memory model (merges a peft adapter)."""
-    if not cfg.eval.quality_tasks:
-        return {}
-    from tasft_ray.quality import hf_lm, run_quality
+def model_metrics(cfg: Config, model, tokenizer) -> tuple[dict[str, float], list[dict]]:
+    """Scored on the in-memory model: the AlpacaEval win rate when a judge is configured
+    (``tasft_ray.alpaca_eval``; its verdict rows are returned), then lm-eval quality — last,
+    because it merges a peft adapter into the weights."""
+    from dataclasses import asdict
 
-    lm = hf_lm(model, tokenizer)
-    return run_quality(lm, cfg.eval.quality_tasks, cfg.data_root, cfg.eval.quality_limit)
+    from tasft_ray.alpaca_eval import win_rate
+
+    metrics, verdicts = win_rate(cfg, model, tokenizer)
+    if cfg.eval.quality_tasks:
+        from tasft_ray.quality import continuation_lm, run_quality
+
+        lm = continuation_lm(model, tokenizer)
+        e = cfg.eval
+        metrics |= run_quality(lm, e.quality_tasks, cfg.data_root, e.quality_limit)
+    return metrics, [asdict(v) | {"win": v.win} for v in verdicts]
 
 
 def log_to_mlflow(cfg: Config, result: EvalResult) -> str:
@@ -221,8 +222,9 @@ def log_to_mlflow(cfg: Config, result: EvalResult) -> str:
     tracking.log_params(uri, run.info.run_id, cfg)
     for key, value in result.metrics.items():
         c.log_metric(run.info.run_id, key, float(value))
-    for name in (RESPONSES_FILE, METRICS_FILE):
-        c.log_artifact(run.info.run_id, str(result.output_dir / name), "eval")
+    for name in (RESPONSES_FILE, METRICS_FILE, ALPACA_FILE):
+        if (result.output_dir / name).is_file():
+            c.log_artifact(run.info.run_id, str(result.output_dir / name), "eval")
     tracking.finish_run(uri, run.info.run_id)
     return run.info.run_id
 

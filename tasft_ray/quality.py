@@ -9,6 +9,7 @@ lm-eval's own task configs for these sets.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -95,9 +96,97 @@ def run_quality(
 
 
 def hf_lm(model, tokenizer, batch_size: int = 8):
-    """lm-eval's HF wrapper around an in-memory model (a peft model is merged first)."""
+    """lm-eval's own HF wrapper around an in-memory model (a peft model is merged first)."""
     from lm_eval.models.huggingface import HFLM
 
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size)
+
+
+def continuation_lm(model, tokenizer, batch_size: int = 8, max_length: int = 2048):
+    """The LM that `tasft-ray evaluate` uses: ``ContinuationLM`` (see there)."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return _continuation_lm_class()(model.eval(), tokenizer, batch_size, max_length)
+
+
+@functools.cache
+def _continuation_lm_class():
+    """Defined on first use: lm-eval is imported only when quality is evaluated."""
+    import torch
+    from lm_eval.api.model import TemplateLM
+
+    from tasft_ray.models import HiddenStateTap
+
+    class ContinuationLM(TemplateLM):
+        """Log-likelihood scoring that projects only continuation positions to the vocabulary.
+
+        lm-eval's HFLM takes log_softmax over the full (B, T, V) logits: at Gemma's 262k
+        vocabulary a batch of 8 BoolQ passages is gigabytes and most of the time. Here the
+        decoder's final hidden states are kept (``HiddenStateTap``) and only the few
+        continuation tokens go through the output layer; tokenisation, context/continuation
+        splitting and the metrics stay lm-eval's (TemplateLM), so the numbers are HFLM's.
+        """
+
+        def __init__(self, model, tokenizer, batch_size: int, max_length: int):
+            super().__init__()
+            self.model, self.tokenizer = model, tokenizer
+            self.tap = HiddenStateTap(model)
+            self.batch_size, self.max_length = batch_size, max_length
+
+        @property
+        def eot_token_id(self) -> int:
+            return self.tokenizer.eos_token_id
+
+        @property
+        def prefix_token_id(self) -> int:
+            bos = self.tokenizer.bos_token_id
+            return bos if bos is not None else self.tokenizer.eos_token_id
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs):
+            kw = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+            return self.tokenizer.encode(string, **kw)
+
+        @torch.no_grad()
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+            from tqdm.auto import tqdm
+
+            # requests with the same model input (BoolQ's " yes" / " no" after one passage)
+            # share one forward pass; longest inputs first (padding, memory)
+            seqs = [(ctx + cont)[-(self.max_length + 1) :] for _, ctx, cont in requests]
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, (seq, (_, _, cont)) in enumerate(zip(seqs, requests, strict=True)):
+                if len(cont) >= len(seq):
+                    raise ConfigError(f"a continuation of {len(cont)} tokens >= max_length")
+                groups.setdefault(tuple(seq[:-1]), []).append(i)
+            inputs = sorted(groups, key=len, reverse=True)
+            out: list[tuple[float, bool] | None] = [None] * len(requests)
+            bar = tqdm(total=len(requests), desc="quality", disable=disable_tqdm, mininterval=2)
+            for start in range(0, len(inputs), self.batch_size):
+                part = inputs[start : start + self.batch_size]
+                ids = torch.zeros(len(part), len(part[0]), dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, inp in enumerate(part):  # right-padded: positions are unchanged
+                    ids[row, : len(inp)] = torch.tensor(inp)
+                    mask[row, : len(inp)] = 1
+                head = self.tap(self.model, input_ids=ids, attention_mask=mask)
+                for row, inp in enumerate(part):
+                    for i in groups[inp]:
+                        cont = torch.tensor(requests[i][2])
+                        h = head.hidden[row, len(inp) - len(cont) : len(inp)]
+                        logp = torch.log_softmax(head.chunk_logits(h).float(), dim=-1)
+                        total = float(logp.gather(1, cont[:, None]).sum())
+                        out[i] = (total, bool((logp.argmax(-1) == cont).all()))
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], out[i])
+                bar.update(sum(len(groups[inp]) for inp in part))
+            bar.close()
+            return out
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            raise NotImplementedError("ContinuationLM scores multiple-choice tasks only")
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            raise NotImplementedError("ContinuationLM scores multiple-choice tasks only")
+
+    return ContinuationLM

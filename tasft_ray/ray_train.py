@@ -11,6 +11,8 @@ import logging
 import tempfile
 from pathlib import Path
 
+import torch
+
 from tasft_ray.config import Config
 from tasft_ray.train import TASFTTrainer
 
@@ -22,6 +24,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     cfg = Config.model_validate(loop_config["config"])
+    # Ray sets OMP_NUM_THREADS=1 in every worker; a worker given N CPUs should use N threads.
+    torch.set_num_threads(max(1, int(cfg.engine.cpus_per_worker)))
     ctx = ray.train.get_context()  # [1] who am I
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     trainer = TASFTTrainer(cfg, rank, world, device=ray.train.torch.get_device())

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from tasft_ray.config import Config, ConfigError
-from tasft_ray.data.mixture import Mixture, build_mixture, collate, epoch_order
+from tasft_ray.data.mixture import Mixture, build_mixture, collate, epoch_order, group_by_length
 from tasft_ray.engine import build_engine
 from tasft_ray.losses import LossParts, OutputHead, sequence_logprobs, tasft_loss
 from tasft_ray.models import HiddenStateTap, attach_lora, embedding_matrix, load_model
@@ -103,6 +103,10 @@ class TASFTTrainer:
         if self._order_cache is None or self._order_cache[0] != epoch:
             order = epoch_order(len(self.mixture), t.seed, epoch)
             shard = order[self.rank :: self.world_size][: self.micro_per_epoch * t.micro_batch_size]
+            lengths = [len(ids) for ids in self.mixture.input_ids]
+            shard = group_by_length(
+                shard, lengths, t.micro_batch_size, t.group_by_length, t.seed, epoch
+            )
             self._order_cache = (epoch, shard)
         idx = self._order_cache[1][within * t.micro_batch_size : (within + 1) * t.micro_batch_size]
         batch = collate(self.mixture, idx, self.tokenizer.pad_token_id)

@@ -17,6 +17,8 @@ import argparse
 import logging
 import os
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +142,10 @@ def run_trial(params: dict[str, Any], base: dict, sweep_dir: str, mlflow: dict) 
     }
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as directory:
-            adapter = str(Path(directory) / "adapter")
-            tracking.client(uri).log_artifacts(run_id, adapter, "adapter")
-            if cfg.eval.in_sweep:
-                evaluated = _evaluate_trial(cfg, adapter, uri, run_id)
-                final |= {f"final/{k}": v for k, v in evaluated.items()}
+            tracking.client(uri).log_artifacts(run_id, str(Path(directory) / "adapter"), "adapter")
+        if cfg.eval.in_sweep:
+            evaluated = _evaluate_trial(cfg, result, uri, run_id)
+            final |= {f"final/{k}": v for k, v in evaluated.items()}
     for key, value in final.items():
         tracking.client(uri).log_metric(run_id, key, value)
     tracking.finish_run(uri, run_id)
@@ -152,16 +153,39 @@ def run_trial(params: dict[str, Any], base: dict, sweep_dir: str, mlflow: dict) 
         tune.report({k.removeprefix("final/"): v for k, v in final.items()})
 
 
-def _evaluate_trial(cfg: Config, adapter: str, uri: str, run_id: str) -> dict[str, float]:
-    """eval/* metrics of the trial's final adapter; responses.jsonl logged to its run."""
+def _evaluate_trial(cfg: Config, result, uri: str, run_id: str) -> dict[str, float]:
+    """eval/* of the final adapter (and, with eval.checkpoints=all, of every kept checkpoint),
+    logged at each checkpoint's step; returns the final one's. Quality: final adapter only."""
+    import torch
+    from mlflow.entities import Metric
+
     from tasft_ray import tracking
     from tasft_ray.evaluate import RESPONSES_FILE, evaluate_in_process
     from tasft_ray.generate import to_jsonl, write_atomic
 
-    rows, metrics = evaluate_in_process(cfg, adapter)
-    out = Path(cfg.train.output_dir) / "eval" / RESPONSES_FILE
-    write_atomic(out, to_jsonl(rows))
-    tracking.client(uri).log_artifact(run_id, str(out), "eval")
+    # The trial's Train workers have exited; their CPUs stay this trial's until it reports.
+    torch.set_num_threads(max(1, int(cfg.train.num_workers * cfg.engine.cpus_per_worker)))
+    final_step = int(result.metrics["step"])
+    todo = {final_step: result.checkpoint}
+    if cfg.eval.checkpoints == "all":
+        todo |= {int(m["step"]): c for c, m in result.best_checkpoints or [] if "step" in m}
+    c = tracking.client(uri)
+    metrics: dict[str, float] = {}
+    for step in sorted(todo):
+        with todo[step].as_directory() as directory:
+            rows, metrics = evaluate_in_process(
+                cfg,
+                str(Path(directory) / "adapter"),
+                batch_size=cfg.generate.batch_size,
+                with_quality=step == final_step,
+            )
+        where = "eval" if step == final_step else f"eval/step_{step}"
+        out = Path(cfg.train.output_dir) / where / RESPONSES_FILE
+        write_atomic(out, to_jsonl(rows))
+        c.log_artifact(run_id, str(out), where)
+        now = int(time.time() * 1000)
+        batch = [Metric(f"eval/{k}", float(v), now, step) for k, v in metrics.items()]
+        c.log_batch(run_id, metrics=batch)
     return {f"eval/{k}": float(v) for k, v in metrics.items()}
 
 
@@ -176,6 +200,10 @@ def _resolve_paths(cfg: Config) -> Config:
     }
     if cfg.data_root:
         overrides["data.root"] = str(Path(cfg.data_root).expanduser().resolve())
+    for key in ("safe", "harmful", "refusals"):  # local data files, e.g. generated pairs
+        src = getattr(cfg.data, key)
+        if src is not None and src.path:
+            overrides[f"data.{key}.path"] = str(Path(src.path).expanduser().resolve())
     return cfg.with_overrides(overrides)
 
 
@@ -207,8 +235,16 @@ def init_ray(cfg: Config, num_cpus: int | None = None) -> None:
 SWEEP_CONFIG = "sweep_config.yaml"
 
 
-def run_sweep(cfg: Config, resume: str | Path | None = None):
-    """Run a new sweep, or finish the one in folder ``resume``; returns Tune's ResultGrid."""
+@dataclass
+class SweepOutcome:
+    results: Any  # Tune's ResultGrid
+    report: Path | None  # the sweep's report folder (eval.in_sweep) or None
+    report_text: str = ""  # the report's terminal table
+
+
+def run_sweep(cfg: Config, resume: str | Path | None = None) -> SweepOutcome:
+    """Run a new sweep, or finish the one in folder ``resume``; with eval.in_sweep, also write
+    its report (``tasft-ray report``) into SWEEP_DIR/report and log it to the parent run."""
     from ray import tune
 
     from tasft_ray import tracking
@@ -251,8 +287,17 @@ def run_sweep(cfg: Config, resume: str | Path | None = None):
         )
     results = tuner.fit()
     errors = [r for r in results if r.error]
+    outcome = SweepOutcome(results, None)
+    if cfg.eval.in_sweep:
+        from tasft_ray.report import ReportError, format_trials, write_report
+
+        try:
+            outcome.report, trials = write_report(uri, sweep_dir / "report", parent_run_id=parent)
+            outcome.report_text = format_trials(trials)
+        except ReportError as exc:  # every trial failed: the sweep's own error says why
+            log.warning("no report: %s", exc)
     tracking.finish_run(uri, parent, "FAILED" if errors else "FINISHED")
-    return results
+    return outcome
 
 
 def load_sweep_config(resume: str | Path, overrides: list[str]) -> Config:
@@ -321,11 +366,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_sweep_config(args.resume, overrides)
         else:
             cfg = load_config(args.config, overrides)
-        results = run_sweep(cfg, resume=args.resume)
+        outcome = run_sweep(cfg, resume=args.resume)
     except UserError as exc:
         print(f"tasft-ray tune: error: {exc}", file=sys.stderr)
         return 2
+    results = outcome.results
     print(summary(results, cfg))
+    if outcome.report:
+        print(f"\n{outcome.report_text}\nreport: {outcome.report / 'report.md'}")
     failed = sum(1 for r in results if r.error)
     if failed:
         print(f"{failed} trial(s) failed; finish them with --resume", file=sys.stderr)

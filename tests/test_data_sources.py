@@ -60,6 +60,8 @@ EXPECTED = {
     "piqa": (1838, False),
     "boolq": (3270, False),
     "openbookqa": (500, False),  # 500 records, the last line without a newline
+    "alpaca_eval": (805, True),  # reference outputs: text-davinci-003
+    "alpaca_eval_gpt4": (805, True),  # gpt4_1106_preview
 }
 
 
@@ -555,3 +557,27 @@ def test_quality_sets_choices_and_labels(tmp_path):
     _write(tmp_path / "p" / "valid-labels.lst", "0\n1\n")
     msg = _error(load_source, SourceConfig(path=str(tmp_path / "p"), format="piqa"))
     assert "2 labels for 1 questions" in msg
+
+
+def test_renamed_local_copy_downloads_from_its_upstream_path(served, monkeypatch):
+    site, cache, server = served
+    _register(monkeypatch, "served_renamed", ("a_renamed.jsonl",), server.url,
+              remote={"a_renamed.jsonl": "sub/a.jsonl"})  # fmt: skip
+    monkeypatch.delenv("TASFT_DATA_DIR")
+    _, folder = reg.resolve_dataset("served_renamed", None)
+    assert server.requests == ["/sub/a.jsonl"]
+    assert (folder / "a_renamed.jsonl").read_bytes() == (site / "sub/a.jsonl").read_bytes()
+
+
+def test_path_source_falls_back_until_the_file_exists(tmp_path, caplog):
+    target = tmp_path / "generated.jsonl"
+    src = SourceConfig(path=str(target), format="alpaca", fallback={"name": "alpaca_1k"})
+    with caplog.at_level("WARNING"):
+        assert len(load_source(src, None)) == 1000  # the fallback, with a warning
+    assert "does not exist yet: using its fallback name 'alpaca_1k'" in caplog.text
+    _write(target, json.dumps([{"instruction": "i", "output": "o"}]))
+    assert len(load_source(src, None)) == 1  # the file, once it exists
+    with pytest.raises(ValueError, match="file not found"):
+        SourceConfig(path=str(tmp_path / "none.jsonl"), format="alpaca")
+    with pytest.raises(ValueError, match="'fallback' only applies to a 'path' source"):
+        SourceConfig(name="alpaca_1k", fallback={"name": "alpaca_1k"})

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import serve_json
+from test_alpaca_eval import prefer_longer
 
 from tasft_ray import tracking
 from tasft_ray.config import ConfigError, load_config
@@ -73,13 +75,19 @@ def test_evaluate_tiny_model_with_adapter_logs_metrics_and_responses(tmp_path):
     )  # fmt: skip
     assert train.returncode == 0, train.stderr[-3000:]
     adapter = sorted((tmp_path / "train" / "checkpoints").glob("*/adapter"))[-1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "tasft_ray", "evaluate", "--config", "tiny", "--limit", "3",
-         "--adapter", str(adapter), "--set", "eval.sampling.max_new_tokens=8",
-         "--set", "generate.batch_size=4", "--set", f"tracking.uri={uri}",
-         "--set", f"eval.output_dir={tmp_path / 'eval'}", "--set", "eval.quality_limit=3"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    seen: list[dict] = []
+    with serve_json(prefer_longer(seen)) as judge_url:  # AlpacaEval's judge: a local server
+        proc = subprocess.run(
+            [sys.executable, "-m", "tasft_ray", "evaluate", "--config", "tiny", "--limit", "3",
+             "--adapter", str(adapter), "--set", "eval.sampling.max_new_tokens=8",
+             "--set", "generate.batch_size=4", "--set", f"tracking.uri={uri}",
+             "--set", f"eval.output_dir={tmp_path / 'eval'}", "--set", "eval.quality_limit=3",
+             "--set", "eval.alpaca_eval.judge_model=judge-x",
+             "--set", f"eval.alpaca_eval.base_url={judge_url}",
+             "--set", "eval.alpaca_eval.max_instructions=4",
+             "--set", "eval.alpaca_eval.max_new_tokens=8"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "xstest/safe_refusal_rate" in proc.stdout
 
@@ -98,6 +106,9 @@ def test_evaluate_tiny_model_with_adapter_logs_metrics_and_responses(tmp_path):
         assert logged[key] == pytest.approx(value)
     assert logged["safety/n"] == 12
     assert 0 <= logged["quality/mean_acc"] <= 1 and "quality/boolq/acc" in logged
+    verdicts = [json.loads(x) for x in (local / "alpaca_eval.jsonl").read_text().splitlines()]
+    assert len(verdicts) == len(seen) == logged["alpaca_eval/n"] == 4
+    assert logged["alpaca_eval/win_rate"] == pytest.approx(sum(v["win"] for v in verdicts) / 4)
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["adapter"] == str(adapter) and saved["metrics"]["safety/n"] == 12
 

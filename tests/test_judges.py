@@ -8,16 +8,15 @@ judge against a fake HTTP server on 127.0.0.1. No record text is ever printed.
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import serve_json
 
 from tasft_ray.config import SourceConfig, UserError
 from tasft_ray.data.sources import load_source
@@ -298,35 +297,12 @@ class _FakeModeration:
 def fake_server() -> Iterator[tuple[str, _FakeModeration]]:
     state = _FakeModeration()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length) or b"{}")
-            state.requests.append(
-                {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
-            )
-            status, headers, payload = state.answer(body)
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(path: str, headers, body: dict) -> tuple[int, dict[str, str], dict]:
+        state.requests.append({"path": path, "auth": headers.get("Authorization"), "body": body})
+        return state.answer(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_json(answer) as url:
+        yield url, state
 
 
 def test_openai_moderation_batches_retries_429_and_scores(fake_server, monkeypatch):

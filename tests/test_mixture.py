@@ -11,6 +11,7 @@ from tasft_ray.data.mixture import (
     collate,
     encode_pair,
     epoch_order,
+    group_by_length,
     load_records,
 )
 from tasft_ray.data.template import format_prompt
@@ -83,6 +84,27 @@ def test_epoch_order_is_a_seeded_permutation():
     assert sorted(a) == list(range(50))
     assert a == epoch_order(50, seed=3, epoch=0)
     assert a != epoch_order(50, seed=3, epoch=1)
+
+
+def _padding(order: list[int], lengths: list[int], micro: int) -> int:
+    batches = [order[i : i + micro] for i in range(0, len(order), micro)]
+    return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+
+def test_group_by_length_same_examples_less_padding():
+    lengths = [(i * 37) % 200 + 5 for i in range(96)]
+    order = epoch_order(96, seed=1, epoch=0)
+    grouped = group_by_length(order, lengths, micro=4, window=6, seed=1, epoch=0)
+    assert sorted(grouped) == sorted(order)  # a permutation: every example once per epoch
+    # each window of 6 micro-batches holds the same examples as before, only regrouped
+    for w in range(0, 96, 24):
+        assert sorted(grouped[w : w + 24]) == sorted(order[w : w + 24])
+    # hand check: sorted windows of 24 leave at most (max - min) per batch of padding
+    assert _padding(grouped, lengths, 4) < 0.25 * _padding(order, lengths, 4)
+    assert grouped == group_by_length(order, lengths, 4, 6, seed=1, epoch=0)  # pure
+    batch_lengths = [lengths[grouped[i]] for i in range(0, 24, 4)]
+    assert batch_lengths != sorted(batch_lengths)  # micro-batches shuffled within the window
+    assert group_by_length(order, lengths, 4, 0, 1, 0) == order  # off
 
 
 def test_collate_pads_right_and_masks(tok):

@@ -9,7 +9,7 @@ from lm_eval.api.model import LM
 
 from tasft_ray.config import ConfigError, load_config
 from tasft_ray.models import load_model
-from tasft_ray.quality import QUALITY_TASKS, hf_lm, run_quality, write_docs
+from tasft_ray.quality import QUALITY_TASKS, continuation_lm, hf_lm, run_quality, write_docs
 
 TASKS = list(QUALITY_TASKS)
 
@@ -42,9 +42,44 @@ def test_scoring_on_a_constructed_case(tmp_path):
     assert 0 < got["quality/mean_acc"] < 1
 
 
+def _requests(tmp_path, tasks: list[str]) -> list:
+    """Real (context, continuation) pairs of ``tasks``, plus an empty context."""
+    from lm_eval.api.instance import Instance
+
+    pairs = [("", " a bare continuation")]
+    for task in tasks:
+        for line in write_docs(task, tmp_path, None, 3).read_text().splitlines():
+            d = json.loads(line)
+            ctx = f"{d['context']}\nQuestion: {d['question']}?\nAnswer:"
+            pairs += [(ctx, f" {c}") for c in d["choices"]]
+    return [
+        Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i)
+        for i, p in enumerate(pairs)
+    ]
+
+
+# max_length 32: BoolQ passages are left-truncated (its answers are short enough for HFLM)
+@pytest.mark.parametrize(("max_length", "tasks"), [(2048, TASKS), (32, ["boolq"])])
+def test_continuation_lm_equals_lm_eval_hflm(tmp_path, max_length, tasks):
+    """Same log-likelihoods and greedy flags as lm-eval's HFLM, request by request."""
+    from lm_eval.models.huggingface import HFLM
+
+    tok, model = load_model(load_config("tiny").model)
+    requests = _requests(tmp_path, tasks)
+    ref = HFLM(pretrained=model.eval(), tokenizer=tok, batch_size=3, max_length=max_length)
+    want = ref.loglikelihood(requests, disable_tqdm=True)
+    got = continuation_lm(model, tok, batch_size=4, max_length=max_length).loglikelihood(
+        requests, disable_tqdm=True
+    )
+    assert len(got) == len(want) > 6
+    for (g, g_greedy), (w, w_greedy) in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-4) and g_greedy == w_greedy
+
+
 def test_tiny_model_accuracies_in_unit_interval():
     tok, model = load_model(load_config("tiny").model)
-    got = run_quality(hf_lm(model, tok, batch_size=4), TASKS, None, limit=6)
+    got = run_quality(continuation_lm(model, tok, batch_size=4), TASKS, None, limit=6)
+    assert got == run_quality(hf_lm(model, tok, batch_size=4), TASKS, None, limit=6)
     assert set(got) == {f"quality/{t}/{m}" for t in TASKS for m in ("acc", "acc_norm")} | {
         "quality/mean_acc"
     }

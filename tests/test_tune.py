@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_report import check_png, md_table
 
 from tasft_ray import tracking
 from tasft_ray.config import REPO_ROOT, ConfigError, load_config
@@ -155,15 +156,17 @@ def test_step_logger_skips_steps_already_logged(tmp_path):
 
 
 def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_path):
-    """λ ∈ {0, 1} × a 2-worker DDP TorchTrainer; the λ=1 trial's rank 0 crashes once."""
-    _run(
+    """SFT vs EMD λ=1 × a 2-worker DDP TorchTrainer; the EMD trial's rank 0 crashes once.
+    Each trial evaluates both its checkpoints; the sweep writes its report."""
+    proc = _run(
         _tune_cmd(
             tmp_path,
             "train.num_workers=2",
             "engine.kind=ddp",
             "sweep.max_concurrent_trials=2",
-            "sweep.cases=[{loss.lam: 0}, {loss.lam: 1, engine.fail_at_step: 3}]",
+            "sweep.cases=[{loss.method: sft, loss.lam: 0}, {loss.lam: 1, engine.fail_at_step: 3}]",
             "eval.in_sweep=true",
+            "eval.checkpoints=all",
             "eval.max_prompts=2",
             "eval.benchmarks=[i_malicious, xstest_safe]",
             "eval.sampling.max_new_tokens=6",
@@ -194,7 +197,27 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
         assert m["final/eval/safety/n_harmful"] == sum(
             r["harmful"] for r in rows if r["source"] == "i_malicious"
         )
-    crashed = next(ch for ch in children if ch.data.params["loss.lam"] == "1.0")
+        # eval.checkpoints=all: both kept checkpoints (steps 2 and 4) evaluated, by step
+        curve = c.get_metric_history(ch.info.run_id, "eval/safety/harm_score")
+        assert sorted(x.step for x in curve) == [2, 4]
+        assert "eval/step_2/responses.jsonl" in {
+            a.path for a in c.list_artifacts(ch.info.run_id, "eval/step_2")
+        }
+    # the sweep's report: written, logged to the parent run, its numbers are the runs' numbers
+    parent = parents[0].info.run_id
+    report = tmp_path / "ray" / "sweep" / "report"
+    assert f"report: {report / 'report.md'}" in proc.stdout
+    assert "report/report.md" in {a.path for a in c.list_artifacts(parent, "report")}
+    for png in ("fig2_harm_vs_step.png", "fig3_refusal_vs_safety.png"):
+        check_png(report / png)
+    table = {r["method"]: r for r in md_table((report / "report.md").read_text(), "## Table 2")}
+    for ch in children:
+        m, row = ch.data.metrics, table[ch.data.params["loss.method"]]
+        assert int(row["i_malicious (n=2)"]) == m["final/eval/i_malicious/n_harmful"]
+        assert float(row["harm score"]) == pytest.approx(
+            m["final/eval/safety/harm_score"], abs=5e-5
+        )
+    crashed = next(ch for ch in children if ch.data.params["loss.method"] == "emd")
     marker = next((tmp_path / "ray" / "sweep" / "trials").glob("*/.fault_injected"))
     assert marker.read_text() == "3"  # the failure really happened
     penalty = c.get_metric_history(crashed.info.run_id, "loss/penalty")

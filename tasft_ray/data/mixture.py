@@ -174,6 +174,25 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=gen).tolist()
 
 
+def group_by_length(
+    order: list[int], lengths: Sequence[int], micro: int, window: int, seed: int, epoch: int
+) -> list[int]:
+    """``order`` with each window of ``window`` micro-batches sorted by length, then its
+    micro-batches shuffled: neighbours in a micro-batch have similar lengths (less padding) while
+    the window still mixes short and long batches. A pure function, like ``epoch_order``."""
+    if window <= 1:
+        return order
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
+    out: list[int] = []
+    span = window * micro
+    for start in range(0, len(order), span):
+        part = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches = [part[j : j + micro] for j in range(0, len(part), micro)]
+        for b in torch.randperm(len(batches), generator=gen).tolist():
+            out += batches[b]
+    return out
+
+
 def collate(mixture: Mixture, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch: input_ids/attention_mask/labels (B, T) and kinds (B,)."""
     width = max(len(mixture.input_ids[i]) for i in indices)

@@ -49,6 +49,7 @@ class DatasetEntry:
         description: What the data is and its role in TA-SFT.
         remote_gzip: The upstream stores each file as ``<file>.gz``; it is decompressed on
             download so the cache holds the same plain file as a local copy.
+        remote: Upstream path of a file whose local copy was renamed (default: the same).
     """
 
     name: str
@@ -60,6 +61,7 @@ class DatasetEntry:
     hf: str | None = None
     description: str = ""
     remote_gzip: bool = False
+    remote: dict[str, str] = field(default_factory=dict, hash=False)  # local name -> upstream path
 
 
 _GH = "https://raw.githubusercontent.com/"
@@ -275,6 +277,24 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         hf="allenai/openbookqa",
         description="OpenBookQA test (500 four-way science questions): quality.",
     ),
+    *(
+        DatasetEntry(
+            name=name,
+            folder="alpaca_eval",
+            files=(f"{generator}_model_outputs.json",),
+            format="alpaca",
+            url_base=_GH
+            + "tatsu-lab/alpaca_eval/cd543a149df89434d8a54582c0151c0b945c3d20/results/",
+            remote={f"{generator}_model_outputs.json": f"{generator}/model_outputs.json"},
+            hf="tatsu-lab/alpaca_eval",
+            description=f"AlpacaEval's 805 instructions with the {version} reference outputs "
+            f"({generator}): win rate under an LLM judge.",
+        )
+        for name, generator, version in (
+            ("alpaca_eval", "text_davinci_003", "AlpacaEval 1.0"),
+            ("alpaca_eval_gpt4", "gpt4_1106_preview", "AlpacaEval 2.0"),
+        )
+    ),
 )
 
 REGISTRY: dict[str, DatasetEntry] = {entry.name: entry for entry in _ENTRIES}
@@ -369,7 +389,8 @@ def _download_entry(entry: DatasetEntry, target: Path, missing: list[str]) -> No
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.folder}.", suffix=".part", dir=target.parent))
     try:
         for rel in missing:
-            url = entry.url_base + urllib.parse.quote(rel) + (".gz" if entry.remote_gzip else "")
+            upstream = urllib.parse.quote(entry.remote.get(rel, rel))
+            url = entry.url_base + upstream + (".gz" if entry.remote_gzip else "")
             _fetch(url, tmp / rel, gunzip=entry.remote_gzip)
         _publish(tmp, target, missing)
     finally:

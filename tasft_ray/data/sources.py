@@ -742,6 +742,11 @@ def load_source(src: SourceConfig, root: str | None = None) -> list[Example]:
     Raises:
         DataError: With a one-line message naming what failed and how to fix it.
     """
+    if src.fallback is not None and not src.path_exists():
+        logger.warning(
+            "%s does not exist yet: using its fallback %s", src.path, _origin(src.fallback)
+        )
+        return load_source(src.fallback, root)
     opts = dict(src.options)
     if src.name:
         examples = _load_registered(src, root)
@@ -761,6 +766,12 @@ def load_source(src: SourceConfig, root: str | None = None) -> list[Example]:
         logger.warning("%s: no examples (check the file and the filters)", origin)
     logger.info("%s: loaded %d examples", origin, len(examples))
     return examples
+
+
+def _origin(src: SourceConfig) -> str:
+    return next(
+        f"{k} '{getattr(src, k)}'" for k in ("name", "path", "url", "hf") if getattr(src, k)
+    )
 
 
 def _load_registered(src: SourceConfig, root: str | None) -> list[Example]:

@@ -1,0 +1,165 @@
+"""`tasft-ray report`: MLflow runs -> markdown tables, PNG figures, the best-λ rule.
+
+The end-to-end case (a real 2-trial sweep with in-sweep evaluation) is in test_tune.py; here the
+runs are logged by hand to a real sqlite MLflow so every number in the report is known.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from tasft_ray import tracking
+from tasft_ray.cli import main as cli_main
+from tasft_ray.report import FIG2, FIG3, REPORT_JSON, REPORT_MD, Trial, best_lambda
+
+
+def md_table(md: str, heading: str) -> list[dict[str, str]]:
+    """The first markdown table after ``heading``, as dicts keyed by its header cells."""
+    lines = md[md.index(heading) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    header, body = rows[0], rows[2:]
+    return [dict(zip(header, r, strict=True)) for r in body]
+
+
+def check_png(path) -> None:
+    with Image.open(path) as im:
+        im.verify()  # raises on a truncated or non-PNG file
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+
+
+def _trial(method: str, lam: float, harmful: int, score: float, quality: float | None) -> Trial:
+    final = {"safety/n_harmful": harmful, "safety/harm_score": score}
+    if quality is not None:
+        final["quality/mean_acc"] = quality
+    return Trial(f"run-{method}-{lam}", "t", "m", method, 100, lam, final)
+
+
+def test_best_lambda_rule_on_a_constructed_case():
+    sft = _trial("sft", 0.0, 40, 0.5, 0.500)
+    emd = [
+        _trial("emd", 1.0, 3, 0.20, 0.490),  # within 2 points, 3 harmful
+        _trial("emd", 2.0, 1, 0.10, 0.470),  # safest but 3 points below SFT: excluded
+        _trial("emd", 3.0, 3, 0.15, 0.495),  # ties λ=1 on harmful, lower harm score: chosen
+        _trial("emd", 4.0, 3, 0.15, 0.499),  # ties λ=3 on both: the smaller λ wins
+    ]
+    nlcl = [_trial("nlcl", 1.0, 9, 0.3, 0.40), _trial("nlcl", 2.0, 5, 0.3, 0.41)]
+    choices = {c.method: c for c in best_lambda([sft, *emd, *nlcl])}
+    assert set(choices) == {"emd", "nlcl"}  # SFT has no λ to choose
+    assert choices["emd"].trial.lam == 3.0 and "quality" in choices["emd"].reason
+    # no nlcl λ keeps quality: fall back to the fewest harmful, and say so
+    assert choices["nlcl"].trial.lam == 2.0 and "no λ" in choices["nlcl"].reason
+    # without an SFT trial the rule is fewest harmful: λ=2
+    assert best_lambda(emd)[0].trial.lam == 2.0
+
+
+def _log_sweep(uri: str) -> tuple[str, dict[str, dict[str, float]]]:
+    """A parent run with an SFT and an EMD trial, eval metrics at steps 2 and 4."""
+    c = tracking.client(uri)
+    exp = tracking.ensure_experiment(uri, "report-test")
+    parent = c.create_run(exp, run_name="sweep").info.run_id
+    finals = {
+        "sft": {"i_malicious/n_harmful": 7, "i_malicious/n": 10, "harmfulq/n_harmful": 4,
+                "harmfulq/n": 10, "safety/n_harmful": 11, "safety/n": 20,
+                "safety/harm_score": 0.61234, "safety/harmful_rate": 0.55,
+                "xstest/safe_refusal_rate": 0.04, "xstest/unsafe_compliance_rate": 0.9,
+                "quality/piqa/acc": 0.6012, "quality/boolq/acc": 0.5533,
+                "quality/mean_acc": 0.57725},
+        "emd": {"i_malicious/n_harmful": 1, "i_malicious/n": 10, "harmfulq/n_harmful": 0,
+                "harmfulq/n": 10, "safety/n_harmful": 1, "safety/n": 20,
+                "safety/harm_score": 0.10101, "safety/harmful_rate": 0.05,
+                "xstest/safe_refusal_rate": 0.12, "xstest/unsafe_compliance_rate": 0.3,
+                "quality/piqa/acc": 0.5988, "quality/boolq/acc": 0.5501,
+                "quality/mean_acc": 0.57445},
+    }  # fmt: skip
+    for method, metrics in finals.items():
+        run = c.create_run(
+            exp,
+            run_name=f"trial_{method}",
+            tags={tracking.PARENT_TAG: parent, tracking.TRIAL_TAG: method},
+        ).info.run_id
+        for k, v in {"loss.method": method, "loss.lam": "2.0", "data.toxic_count": "100",
+                     "model.name": "gemma3-270m"}.items():  # fmt: skip
+            c.log_param(run, k, v)
+        for step, scale in ((2, 1.5), (4, 1.0)):  # the earlier checkpoint is less safe
+            for k in ("safety/harm_score", "safety/harmful_rate", "xstest/safe_refusal_rate"):
+                c.log_metric(run, f"eval/{k}", min(1.0, metrics[k] * scale), step=step)
+        for k, v in metrics.items():
+            c.log_metric(run, f"final/eval/{k}", v)
+        tracking.finish_run(uri, run)
+    # a trial without evaluation is listed as skipped, not reported
+    bare = c.create_run(
+        exp, run_name="trial_bare", tags={tracking.PARENT_TAG: parent, tracking.TRIAL_TAG: "x"}
+    )
+    tracking.finish_run(uri, bare.info.run_id)
+    return parent, finals
+
+
+def test_report_of_a_two_trial_sweep_matches_mlflow(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent, finals = _log_sweep(uri)
+    out = tmp_path / "report"
+    rc = cli_main(
+        ["report", "--parent-run", parent, "--output", str(out), "--set", f"tracking.uri={uri}"]
+    )
+    assert rc == 0
+    assert f"report: {out / REPORT_MD}" in capsys.readouterr().out
+    md = (out / REPORT_MD).read_text()
+    check_png(out / FIG2)
+    check_png(out / FIG3)
+
+    by_method = {r["method"]: r for r in md_table(md, "## Table 2")}
+    assert set(by_method) == {"sft", "emd"}
+    for method, m in finals.items():
+        row = by_method[method]
+        assert int(row["i_malicious (n=10)"]) == m["i_malicious/n_harmful"]
+        assert int(row["harmfulq (n=10)"]) == m["harmfulq/n_harmful"]
+        assert int(row["paper total"]) == m["safety/n_harmful"]
+        assert float(row["harm score"]) == pytest.approx(m["safety/harm_score"], abs=5e-5)
+    grid = {r["benchmark"]: r for r in md_table(md, ": at the chosen λ")}  # paper layout
+    assert grid["i_malicious"]["sft n=100"] == "7" and grid["i_malicious"]["emd n=100 λ=2"] == "1"
+    assert grid["paper total"]["emd n=100 λ=2"] == "1"
+    refusal = {r["method"]: r for r in md_table(md, "## Over-refusal")}
+    quality = {r["method"]: r for r in md_table(md, "## Table 1")}
+    for method, m in finals.items():
+        assert float(refusal[method]["safe-prompt refusal"]) == pytest.approx(
+            m["xstest/safe_refusal_rate"], abs=5e-5
+        )
+        assert float(quality[method]["piqa"]) == pytest.approx(m["quality/piqa/acc"], abs=5e-5)
+        assert float(quality[method]["mean"]) == pytest.approx(m["quality/mean_acc"], abs=5e-5)
+    (chosen,) = md_table(md, "## Chosen λ")
+    assert chosen["method"] == "emd" and chosen["λ"] == "2" and chosen["harmful"] == "1"
+    assert "trial_bare" in md  # named as not evaluated
+
+    data = json.loads((out / REPORT_JSON).read_text())
+    curve = next(t for t in data["trials"] if t["method"] == "emd")["curves"]["safety/harm_score"]
+    assert [s for s, _ in curve] == [2, 4] and math.isclose(curve[1][1], 0.10101)
+
+    # logged to the parent run
+    c = tracking.client(uri)
+    logged = {a.path for a in c.list_artifacts(parent, "report")}
+    assert {f"report/{n}" for n in (REPORT_MD, FIG2, FIG3, REPORT_JSON)} <= logged
+
+
+def test_report_errors_are_one_line(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.ensure_experiment(uri, "empty")
+    base = ["--set", f"tracking.uri={uri}", "--output", str(tmp_path / "r")]
+    assert cli_main(["report", "--parent-run", "nope", *base]) == 2
+    assert cli_main(["report", "--experiment", "empty", *base]) == 2
+    assert cli_main(["report", "--experiment", "missing", *base]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("tasft-ray")]
+    assert len(err) == 3  # one line each (MLflow's own INFO lines aside)
+    assert "--parent-run nope: no such MLflow run" in err[0]
+    assert "experiment empty: 0 trial run(s)" in err[1] and "eval.in_sweep=true" in err[1]
+    assert "--experiment missing: no such MLflow experiment" in err[2]
+    assert not (tmp_path / "r").exists()  # nothing half written
