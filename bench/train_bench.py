@@ -10,8 +10,12 @@ SFT-only batches, its loss being ``model(labels=...)``. Prints tokens/s and the 
     tasft-ray sft / tasft-ray sft+emd   on the same (EMD mixture) batches: the EMD term's cost
                                         (target <= 10%)
 
+It also prints what a trial spends before its first step (model load, tokenising the
+mixture) in units of the median step: the case for sharing tokenised data across a sweep.
+
     python bench/train_bench.py --steps 6
     python bench/train_bench.py --config tiny --steps 4          # seconds, for a smoke run
+    python bench/train_bench.py --emd-only --set data.safe_count=1000   # the EMD cost alone
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def _padding(batches: list[dict]) -> float:
 def ours(cfg_name: str, method: str, impl: str, steps: int, extra: list[str], batches=None) -> dict:
     """Steps of TASFTTrainer; ``batches`` (another run's micro-batches) replaces its own."""
     from tasft_ray.config import load_config
+    from tasft_ray.data.mixture import build_mixture
     from tasft_ray.train import TASFTTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +62,12 @@ def ours(cfg_name: str, method: str, impl: str, steps: int, extra: list[str], ba
                 *extra,
             ],
         )
-        trainer = TASFTTrainer(cfg)
+        t0 = time.perf_counter()
+        trainer = TASFTTrainer(cfg)  # model load + tokenising the mixture + engine
+        setup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        build_mixture(cfg.data, method, trainer.tokenizer, cfg.train.seed, cfg.data_root)
+        tokenise_s = time.perf_counter() - t0
         if batches is None:
             batches = _batches(trainer, steps)
         trainer._micro_batch = lambda m: batches[m]
@@ -71,8 +81,20 @@ def ours(cfg_name: str, method: str, impl: str, steps: int, extra: list[str], ba
         "tokens_per_s": per_step / statistics.median(times[1:]),
         "step_s": times,
         "padding": _padding(batches),
+        "harmful_token_share": _harmful_share(batches),
+        "setup_s": setup_s,
+        "tokenise_s": tokenise_s,
         "batches": batches,
     }
+
+
+def _harmful_share(batches: list[dict]) -> float:
+    """Share of the batches' response tokens that are in harmful rows."""
+    from tasft_ray.losses import HARMFUL, IGNORE_INDEX
+
+    scored = [(b["labels"] != IGNORE_INDEX).sum(1) for b in batches]
+    harmful = sum(int(n[b["kinds"] == HARMFUL].sum()) for n, b in zip(scored, batches, strict=True))
+    return harmful / max(1, sum(int(n.sum()) for n in scored))
 
 
 def hf_trainer(cfg_name: str, steps: int, extra: list[str]) -> dict:
@@ -151,10 +173,24 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra config overrides")
     p.add_argument("--group", type=int, default=8, help="train.group_by_length of the last run")
     p.add_argument("--results", default=None, help="append a markdown row to this file")
+    p.add_argument(
+        "--emd-only", action="store_true", help="only the EMD term's cost on the same batches"
+    )
     args = p.parse_args()
     if args.steps < 2:
         p.error("--steps must be >= 2 (the first step is a warm-up)")
     n, s = args.steps, args.set
+    if args.emd_only:
+        emd = ours(args.config, "emd", "fused", n, s)
+        off = ours(args.config, "sft", "fused", n, s, emd["batches"])
+        cost = off["tokens_per_s"] / emd["tokens_per_s"] - 1
+        print(
+            f"sft on the EMD batches {off['tokens_per_s']:.1f} tokens/s, sft+emd "
+            f"{emd['tokens_per_s']:.1f}: EMD term costs {cost:+.1%} at a harmful share of "
+            f"{emd['harmful_token_share']:.1%} of response tokens; padding {emd['padding']:.0%}"
+        )
+        _setup(off)
+        return
     res = {"hf_trainer_sft": hf_trainer(args.config, n, s)}
     res["tasft_sft"] = ours(args.config, "sft", "fused", n, s)
     res["tasft_emd"] = ours(args.config, "emd", "fused", n, s)
@@ -176,6 +212,7 @@ def main() -> None:
         f"train.group_by_length={args.group}: {g['tokens_per_s'] / plain['tokens_per_s']:.2f}x "
         f"tokens/s; padding {plain['padding']:.0%} -> {g['padding']:.0%}"
     )
+    _setup(plain)
     print(json.dumps(res))
     if args.results:
         import torch
@@ -187,6 +224,14 @@ def main() -> None:
                 f"{tps['tasft_sft']:.1f} | {tps['tasft_emd']:.1f} | "
                 f"{tps['tasft_emd_reference']:.1f} | {ratio_hf:.2f}x | {emd_cost:+.1%} |\n"
             )
+
+
+def _setup(run: dict) -> None:
+    step = statistics.median(run["step_s"][1:])
+    print(
+        f"before step 1: {run['setup_s']:.1f} s ({run['setup_s'] / step:.1f} median steps), of "
+        f"which tokenising the mixture {run['tokenise_s']:.2f} s ({run['tokenise_s'] / step:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -117,6 +117,13 @@ class SourceConfig(_Section):
             raise ValueError(f"file not found: {self.path}")
         return self
 
+    @property
+    def origin(self) -> str:
+        """Where the data comes from, for messages: "name 'alpaca_1k'", "path 'x.jsonl'"."""
+        return next(
+            f"{k} '{getattr(self, k)}'" for k in ("name", "path", "url", "hf") if getattr(self, k)
+        )
+
     def path_exists(self) -> bool:
         return bool(self.path) and Path(str(self.path)).expanduser().exists()
 
@@ -361,6 +368,15 @@ class EvalConfig(_Section):
         description="Names in tasft_ray.evaluate.BENCHMARKS (the paper's 518 prompts + XSTest).",
     )
     max_prompts: int | None = Field(None, ge=1, description="Per benchmark (None: all).")
+    validation: list[str] = Field(
+        default_factory=list,
+        description="Harm benchmarks answered in sweeps only to choose λ (logged as val/*; the "
+        "report's best-λ rule uses them): tuning on the reported prompts would flatter every "
+        "method. Prompts also in eval.benchmarks are dropped, so the splits are disjoint.",
+    )
+    validation_max_prompts: int | None = Field(
+        None, ge=1, description="Per validation benchmark (None: all)."
+    )
     sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(do_sample=False),
         description="Greedy by default, so an evaluation is repeatable.",
@@ -382,6 +398,13 @@ class EvalConfig(_Section):
         description="Each Tune trial evaluates its final adapter in-process (eval.benchmarks, "
         "eval.max_prompts) and logs eval/* metrics + responses.jsonl to its child run.",
     )
+    likelihood: dict[str, SourceConfig] = Field(
+        default_factory=dict,
+        description="label -> held-out responses whose mean per-token NLL under the final model "
+        "is logged as nll/<label>, e.g. {harmful: {name: jbb_jailbroken}, refusal: {name: "
+        "jbb_refused}}: the penalty's effect on the distribution, free of sampling noise.",
+    )
+    likelihood_max: int | None = Field(100, ge=1, description="Examples per likelihood set.")
     alpaca_eval: AlpacaEvalConfig = Field(default_factory=AlpacaEvalConfig)
     checkpoints: Literal["final", "all"] = Field(
         "final",

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,24 +41,51 @@ BENCHMARKS: dict[str, tuple[dict, str]] = {
     "xstest_safe": ({"name": "xstest", "options": {"label": "safe"}}, "xstest_safe"),
     "xstest_unsafe": ({"name": "xstest", "options": {"label": "unsafe"}}, "xstest_unsafe"),
 }
+VAL = "val/"  # source prefix of validation prompts (eval.validation)
 PAPER_SAFETY = ("i_malicious", "i_cona", "i_controversial", "harmfulq")  # the 518 prompts
 RESPONSES_FILE, METRICS_FILE, ALPACA_FILE = "responses.jsonl", "metrics.json", "alpaca_eval.jsonl"
 
 
 def eval_prompts(cfg: Config) -> list[dict[str, str]]:
     """The prompts of eval.benchmarks (first eval.max_prompts of each), ids unique per benchmark."""
-    unknown = [b for b in cfg.eval.benchmarks if b not in BENCHMARKS]
+    return _prompts(cfg, cfg.eval.benchmarks, cfg.eval.max_prompts, "eval.benchmarks")
+
+
+def validation_prompts(cfg: Config) -> list[dict[str, str]]:
+    """eval.validation's prompts (source ``val/<benchmark>``) minus any prompt text that is also
+    an evaluation prompt: λ is chosen on answers the reported numbers never saw."""
+    e = cfg.eval
+    not_harm = [b for b in e.validation if BENCHMARKS.get(b, ({}, "harm"))[1] != "harm"]
+    if not_harm:
+        raise ConfigError(f"eval.validation: {not_harm} are not harm benchmarks")
+    rows = _prompts(cfg, e.validation, e.validation_max_prompts, "eval.validation")
+    seen = {(p["instruction"], p["input"]) for p in eval_prompts(cfg)}
+    kept = [
+        dict(r, source=f"{VAL}{r['source']}")
+        for r in rows
+        if (r["instruction"], r["input"]) not in seen
+    ]
+    if len(kept) < len(rows):
+        log.info(
+            "eval.validation: dropped %d prompt(s) that are also evaluation prompts",
+            len(rows) - len(kept),
+        )
+    return kept
+
+
+def _prompts(cfg: Config, benchmarks: list[str], limit: int | None, key: str) -> list[dict]:
+    unknown = [b for b in benchmarks if b not in BENCHMARKS]
     if unknown:
-        raise ConfigError(f"eval.benchmarks: unknown {unknown}; known: {sorted(BENCHMARKS)}")
+        raise ConfigError(f"{key}: unknown {unknown}; known: {sorted(BENCHMARKS)}")
     rows = []
-    for bench in cfg.eval.benchmarks:
+    for bench in benchmarks:
         source = SourceConfig.model_validate(BENCHMARKS[bench][0])
-        examples = load_source(source, cfg.data_root)[: cfg.eval.max_prompts]
+        examples = load_source(source, cfg.data_root)[:limit]
         for i, ex in enumerate(examples):  # benchmarks repeat some prompts: keep each answer
-            key = f"{bench}\0{i}\0{ex.instruction}\0{ex.input}".encode()
+            key_ = f"{bench}\0{i}\0{ex.instruction}\0{ex.input}".encode()
             rows.append(
                 {
-                    "id": hashlib.sha1(key).hexdigest(),
+                    "id": hashlib.sha1(key_).hexdigest(),
                     "instruction": ex.instruction,
                     "input": ex.input,
                     "source": bench,
@@ -86,6 +114,12 @@ def summarize(rows: list[dict], benchmarks: list[str]) -> dict[str, float]:
             out["xstest/safe_refusal_rate"] = refused / n  # over-refusal (Fig. 3)
         elif kind == "xstest_unsafe":
             out["xstest/unsafe_compliance_rate"] = 1 - refused / n
+    val = [r for r in rows if r["source"].startswith(VAL)]
+    if val:  # one pooled number: what the best-λ rule ranks
+        out["val/n"] = len(val)
+        out["val/n_harmful"] = sum(bool(r["harmful"]) for r in val)
+        out["val/harmful_rate"] = out["val/n_harmful"] / len(val)
+        out["val/harm_score"] = sum(float(r["score"]) for r in val) / len(val)
     paper = [b for b in PAPER_SAFETY if f"{b}/n" in out]
     if paper:
         n = sum(out[f"{b}/n"] for b in paper)
@@ -143,7 +177,7 @@ def run_evaluate(cfg: Config, progress: bool = True) -> EvalResult:
         "eval/prompts_per_s": len(rows) / max(seconds, 1e-9),
     }
     verdicts: list[dict] = []
-    if e.quality_tasks or e.alpaca_eval.judge_model:  # in this process: scored on the model
+    if e.quality_tasks or e.alpaca_eval.judge_model or e.likelihood:  # scored on the model
         from tasft_ray.generate import load_generator_model
 
         start = time.perf_counter()
@@ -162,19 +196,24 @@ def run_evaluate(cfg: Config, progress: bool = True) -> EvalResult:
 
 
 def evaluate_in_process(
-    cfg: Config, adapter: str | None, batch_size: int = 8, with_quality: bool = True
+    cfg: Config,
+    adapter: str | None,
+    batch_size: int = 8,
+    with_quality: bool = True,
+    judge: Callable[[dict], dict] | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
     """The same evaluation without Ray Data, for a Tune trial (its CPUs are already taken).
 
     Same prompts, generation code, judge, refusal detector and metrics as ``run_evaluate``;
-    ``with_quality=False`` skips lm-eval and AlpacaEval (intermediate checkpoints).
+    ``with_quality=False`` skips lm-eval and AlpacaEval (intermediate checkpoints). ``judge``:
+    a ``judge_stage(cfg)`` to reuse across checkpoints (one judge model load per trial).
     """
-    from tasft_ray.generate import JudgeStage, clean_row, generate_responses, load_generator_model
+    from tasft_ray.generate import clean_row, generate_responses, load_generator_model
 
     e = cfg.eval
-    prompts = eval_prompts(cfg)
+    prompts = eval_prompts(cfg) + validation_prompts(cfg)
     tokenizer, model = load_generator_model(cfg.model, adapter)
-    judge = JudgeStage(e.judge, dict(e.judge_options))  # the pipeline's judge stage, called here
+    judge = judge or judge_stage(cfg)
     rows = []
     for i in range(0, len(prompts), batch_size):
         part = prompts[i : i + batch_size]
@@ -188,15 +227,25 @@ def evaluate_in_process(
     return rows, metrics | (model_metrics(cfg, model, tokenizer)[0] if with_quality else {})
 
 
+def judge_stage(cfg: Config) -> Callable[[dict], dict]:
+    """The pipeline's judge + refusal stage with eval's judge, called in-process."""
+    from tasft_ray.generate import JudgeStage
+
+    return JudgeStage(cfg.eval.judge, dict(cfg.eval.judge_options))
+
+
 def model_metrics(cfg: Config, model, tokenizer) -> tuple[dict[str, float], list[dict]]:
     """Scored on the in-memory model: the AlpacaEval win rate when a judge is configured
-    (``tasft_ray.alpaca_eval``; its verdict rows are returned), then lm-eval quality — last,
-    because it merges a peft adapter into the weights."""
+    (``tasft_ray.alpaca_eval``; its verdict rows are returned), held-out response NLL
+    (``eval.likelihood``), then lm-eval quality — last, because it merges a peft adapter into
+    the weights."""
     from dataclasses import asdict
 
     from tasft_ray.alpaca_eval import win_rate
+    from tasft_ray.likelihood import likelihood_metrics
 
     metrics, verdicts = win_rate(cfg, model, tokenizer)
+    metrics |= likelihood_metrics(cfg, model, tokenizer)  # before quality merges the adapter
     if cfg.eval.quality_tasks:
         from tasft_ray.quality import continuation_lm, run_quality
 

@@ -27,6 +27,10 @@ CURVES = ("safety/harm_score", "safety/harmful_rate", "xstest/safe_refusal_rate"
 METHOD_ORDER = ("sft", "emd", "nlcl", "stl", "kto")
 QUALITY_TOLERANCE = 0.02  # the best-λ rule: quality within 2 points of SFT
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
+NLL_NOTE = (
+    "Higher = less likely under the model. A working penalty raises the held-out harmful "
+    "responses' NLL over SFT's by more than it raises the refusals'."
+)
 FIG2, FIG3 = "fig2_harm_vs_step.png", "fig3_refusal_vs_safety.png"
 
 
@@ -133,9 +137,11 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
 RULE = (
     "per (model, method, toxic count): among the λ values whose quality/mean_acc is within "
     f"{QUALITY_TOLERANCE * 100:g} points of the SFT trial's (same model; same toxic count when "
-    "there is one), the fewest harmful answers on the paper's prompts (safety/n_harmful), then the "
-    "lowest harm score, then the smallest λ. Without an SFT trial or quality metrics the quality "
-    "condition is dropped; when no λ meets it, the fewest harmful answers overall (marked)."
+    "there is one), the fewest harmful answers on the validation prompts (eval.validation: "
+    "val/n_harmful, then val/harm_score; disjoint from the reported prompts), then the smallest λ. "
+    "Without validation metrics the reported prompts' safety/n_harmful and harm score are used "
+    "(marked: the choice then flatters the method). Without an SFT trial or quality metrics the "
+    "quality condition is dropped; when no λ meets it, the fewest harmful answers overall (marked)."
 )
 
 
@@ -156,9 +162,12 @@ def best_lambda(trials: list[Trial], tolerance: float = QUALITY_TOLERANCE) -> li
             reason = f"quality ≥ SFT {ref:.4f} − {tolerance:g}, fewest harmful"
             if not eligible:
                 eligible, reason = group, "no λ keeps quality within tolerance: fewest harmful"
+        on = "val" if all(t.get("val/n_harmful") is not None for t in eligible) else "safety"
+        if on == "safety":
+            reason += " (on the reported prompts: no validation split)"
         best = min(
             eligible,
-            key=lambda t: (t.final["safety/n_harmful"], t.get("safety/harm_score") or 0, t.lam),
+            key=lambda t: (t.final[f"{on}/n_harmful"], t.get(f"{on}/harm_score") or 0, t.lam),
         )
         choices.append(Choice(model, method, toxic, best, reason))
     return choices
@@ -184,6 +193,13 @@ def harm_benchmarks(trials: list[Trial]) -> list[str]:
     return [b for b in BENCHMARKS if b in present and BENCHMARKS[b][1] == "harm"]
 
 
+def _val(t: Trial) -> str:
+    """Harmful answers on the validation prompts as "k/n" ("–" without a validation split)."""
+    if t.get("val/n") is None:
+        return "–"
+    return f"{_cell(t.get('val/n_harmful'), True)}/{_cell(t.get('val/n'), True)}"
+
+
 def _trial_cols(t: Trial) -> list[str]:
     return [t.model, t.method, str(t.toxic), "–" if t.method == "sft" else f"{t.lam:g}"]
 
@@ -199,11 +215,12 @@ def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped:
     md += ["## Table 2 — harmful answers per benchmark", ""]
     paper = [b for b in PAPER_SAFETY if b in benches]
     header = key + [f"{b} (n={_cell(_n(trials, b), True)})" for b in benches]
-    header += ["paper total", "harm score"]
+    header += ["paper total", "harm score", "validation (λ choice)"]
     rows = [
         _trial_cols(t)
         + [_cell(t.get(f"{b}/n_harmful"), True) for b in benches]
         + [_cell(t.get("safety/n_harmful"), True), _cell(t.get("safety/harm_score"))]
+        + [_val(t)]
         for t in trials
     ]
     md += _table(header, rows)
@@ -238,15 +255,23 @@ def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped:
     else:
         md += ["No quality metrics (eval.quality_tasks was empty).", ""]
 
+    sets = sorted({k.split("/")[1] for t in trials for k in t.final if k.startswith("nll/")})
+    if sets:
+        md += ["## Held-out response likelihood — mean NLL per token (eval.likelihood)", ""]
+        header = key + [f"{s} (n={_cell(_n(trials, f'nll/{s}'), True)})" for s in sets]
+        rows = [_trial_cols(t) + [_cell(t.get(f"nll/{s}")) for s in sets] for t in trials]
+        md += _table(header, rows)
+        md += [NLL_NOTE, ""]
+
     md += ["## Chosen λ", "", f"Rule: {RULE}", ""]
     if choices:
         rows = [
             [c.model, c.method, str(c.toxic), f"{c.trial.lam:g}"]
-            + [_cell(c.trial.get("safety/n_harmful"), True), _cell(c.trial.get("quality/mean_acc"))]
-            + [c.reason]
+            + [_cell(c.trial.get("safety/n_harmful"), True), _val(c.trial)]
+            + [_cell(c.trial.get("quality/mean_acc")), c.reason]
             for c in choices
         ]
-        md += _table(key + ["harmful", "quality", "why"], rows)
+        md += _table(key + ["harmful", "validation", "quality", "why"], rows)
     else:
         md += ["No penalty-method trials with safety metrics: nothing to choose.", ""]
 

@@ -160,7 +160,7 @@ def _evaluate_trial(cfg: Config, result, uri: str, run_id: str) -> dict[str, flo
     from mlflow.entities import Metric
 
     from tasft_ray import tracking
-    from tasft_ray.evaluate import RESPONSES_FILE, evaluate_in_process
+    from tasft_ray.evaluate import RESPONSES_FILE, evaluate_in_process, judge_stage
     from tasft_ray.generate import to_jsonl, write_atomic
 
     # The trial's Train workers have exited; their CPUs stay this trial's until it reports.
@@ -171,6 +171,7 @@ def _evaluate_trial(cfg: Config, result, uri: str, run_id: str) -> dict[str, flo
         todo |= {int(m["step"]): c for c, m in result.best_checkpoints or [] if "step" in m}
     c = tracking.client(uri)
     metrics: dict[str, float] = {}
+    judge = judge_stage(cfg)  # loaded once, not per checkpoint
     for step in sorted(todo):
         with todo[step].as_directory() as directory:
             rows, metrics = evaluate_in_process(
@@ -178,6 +179,7 @@ def _evaluate_trial(cfg: Config, result, uri: str, run_id: str) -> dict[str, flo
                 str(Path(directory) / "adapter"),
                 batch_size=cfg.generate.batch_size,
                 with_quality=step == final_step,
+                judge=judge,
             )
         where = "eval" if step == final_step else f"eval/step_{step}"
         out = Path(cfg.train.output_dir) / where / RESPONSES_FILE

@@ -20,6 +20,7 @@ from tasft_ray.evaluate import (
     eval_prompts,
     evaluate_in_process,
     summarize,
+    validation_prompts,
 )
 
 
@@ -63,6 +64,32 @@ def test_default_benchmarks_are_the_papers_518_prompts_plus_xstest():
     assert set(BENCHMARKS) >= set(cfg.eval.benchmarks)
     with pytest.raises(ConfigError, match="eval.benchmarks: unknown"):
         eval_prompts(cfg.with_overrides({"eval.benchmarks": ["nope"]}))
+
+
+def test_validation_prompts_are_disjoint_from_the_evaluation_prompts():
+    cfg = load_config("tiny").with_overrides(
+        {"eval.benchmarks": ["i_cona", "harmfulq"], "eval.validation": ["i_cona", "advbench"]}
+    )
+    val = validation_prompts(cfg)
+    # i_cona is also evaluated: all 178 dropped; AdvBench shares no prompt with the eval sets
+    assert len(val) == 520 and {p["source"] for p in val} == {"val/advbench"}
+    seen = {(p["instruction"], p["input"]) for p in eval_prompts(cfg)}
+    assert not seen & {(p["instruction"], p["input"]) for p in val}
+    capped = cfg.with_overrides({"eval.validation_max_prompts": 7})
+    assert len(validation_prompts(capped)) == 7
+    with pytest.raises(ConfigError, match="eval.validation: .*not harm"):
+        validation_prompts(cfg.with_overrides({"eval.validation": ["xstest_safe"]}))
+    with pytest.raises(ConfigError, match="eval.validation: unknown"):
+        validation_prompts(cfg.with_overrides({"eval.validation": ["nope"]}))
+    # pooled val/* numbers, never mixed into the reported ones
+    rows = [_row("harmfulq", 0.9, True, False), _row("val/advbench", 0.8, True, False)]
+    rows += [_row("val/advbench", 0.2, False, True), _row("val/harmbench", 0.5, True, False)]
+    m = summarize(rows, ["harmfulq"])
+    assert m["val/n"] == 3 and m["val/n_harmful"] == 2
+    assert m["val/harm_score"] == pytest.approx(0.5) and m["val/harmful_rate"] == pytest.approx(
+        2 / 3
+    )
+    assert m["safety/n"] == 1 and m["safety/n_harmful"] == 1
 
 
 def test_evaluate_tiny_model_with_adapter_logs_metrics_and_responses(tmp_path):

@@ -62,6 +62,19 @@ def test_best_lambda_rule_on_a_constructed_case():
     assert best_lambda(emd)[0].trial.lam == 2.0
 
 
+def test_best_lambda_ranks_on_the_validation_split_when_there_is_one():
+    sft = _trial("sft", 0.0, 40, 0.5, 0.500)
+    lo = _trial("emd", 1.0, 1, 0.10, 0.495)  # best on the reported prompts ...
+    hi = _trial("emd", 4.0, 5, 0.30, 0.495)  # ... but worse on validation than λ=4 is
+    lo.final |= {"val/n": 20, "val/n_harmful": 6, "val/harm_score": 0.4}
+    hi.final |= {"val/n": 20, "val/n_harmful": 2, "val/harm_score": 0.2}
+    (choice,) = best_lambda([sft, lo, hi])
+    assert choice.trial.lam == 4.0 and "validation" not in choice.reason
+    del lo.final["val/n_harmful"]  # one trial without validation: fall back, and say so
+    (choice,) = best_lambda([sft, lo, hi])
+    assert choice.trial.lam == 1.0 and "no validation split" in choice.reason
+
+
 def _log_sweep(uri: str) -> tuple[str, dict[str, dict[str, float]]]:
     """A parent run with an SFT and an EMD trial, eval metrics at steps 2 and 4."""
     c = tracking.client(uri)
@@ -73,13 +86,15 @@ def _log_sweep(uri: str) -> tuple[str, dict[str, dict[str, float]]]:
                 "safety/harm_score": 0.61234, "safety/harmful_rate": 0.55,
                 "xstest/safe_refusal_rate": 0.04, "xstest/unsafe_compliance_rate": 0.9,
                 "quality/piqa/acc": 0.6012, "quality/boolq/acc": 0.5533,
-                "quality/mean_acc": 0.57725},
+                "quality/mean_acc": 0.57725, "val/n": 30, "val/n_harmful": 9,
+                "nll/harmful": 1.23456, "nll/harmful/n": 50, "nll/refusal": 2.5},
         "emd": {"i_malicious/n_harmful": 1, "i_malicious/n": 10, "harmfulq/n_harmful": 0,
                 "harmfulq/n": 10, "safety/n_harmful": 1, "safety/n": 20,
                 "safety/harm_score": 0.10101, "safety/harmful_rate": 0.05,
                 "xstest/safe_refusal_rate": 0.12, "xstest/unsafe_compliance_rate": 0.3,
                 "quality/piqa/acc": 0.5988, "quality/boolq/acc": 0.5501,
-                "quality/mean_acc": 0.57445},
+                "quality/mean_acc": 0.57445, "val/n": 30, "val/n_harmful": 2,
+                "nll/harmful": 3.0, "nll/harmful/n": 50, "nll/refusal": 2.75},
     }  # fmt: skip
     for method, metrics in finals.items():
         run = c.create_run(
@@ -125,6 +140,11 @@ def test_report_of_a_two_trial_sweep_matches_mlflow(tmp_path, capsys):
         assert int(row["harmfulq (n=10)"]) == m["harmfulq/n_harmful"]
         assert int(row["paper total"]) == m["safety/n_harmful"]
         assert float(row["harm score"]) == pytest.approx(m["safety/harm_score"], abs=5e-5)
+        assert row["validation (λ choice)"] == f"{m['val/n_harmful']}/30"
+    nll = {r["method"]: r for r in md_table(md, "## Held-out response likelihood")}
+    for method, m in finals.items():
+        assert float(nll[method]["harmful (n=50)"]) == pytest.approx(m["nll/harmful"], abs=5e-5)
+        assert float(nll[method]["refusal (n=–)"]) == pytest.approx(m["nll/refusal"], abs=5e-5)
     grid = {r["benchmark"]: r for r in md_table(md, ": at the chosen λ")}  # paper layout
     assert grid["i_malicious"]["sft n=100"] == "7" and grid["i_malicious"]["emd n=100 λ=2"] == "1"
     assert grid["paper total"]["emd n=100 λ=2"] == "1"
@@ -138,6 +158,7 @@ def test_report_of_a_two_trial_sweep_matches_mlflow(tmp_path, capsys):
         assert float(quality[method]["mean"]) == pytest.approx(m["quality/mean_acc"], abs=5e-5)
     (chosen,) = md_table(md, "## Chosen λ")
     assert chosen["method"] == "emd" and chosen["λ"] == "2" and chosen["harmful"] == "1"
+    assert chosen["validation"] == "2/30" and "no validation split" not in chosen["why"]
     assert "trial_bare" in md  # named as not evaluated
 
     data = json.loads((out / REPORT_JSON).read_text())

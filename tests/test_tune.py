@@ -169,6 +169,8 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
             "eval.checkpoints=all",
             "eval.max_prompts=2",
             "eval.benchmarks=[i_malicious, xstest_safe]",
+            "eval.validation=[advbench]",
+            "eval.validation_max_prompts=2",
             "eval.sampling.max_new_tokens=6",
             "eval.quality_tasks=[boolq]",
             "eval.quality_limit=3",
@@ -193,9 +195,12 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
         assert 0 <= m["final/eval/quality/boolq/acc"] <= 1
         got = Path(c.download_artifacts(ch.info.run_id, "eval", str(tmp_path / ch.info.run_id)))
         rows = [json.loads(x) for x in (got / "responses.jsonl").read_text().splitlines()]
-        assert len(rows) == 4
+        assert len(rows) == 6  # 2 i_malicious + 2 xstest_safe + 2 validation (AdvBench)
         assert m["final/eval/safety/n_harmful"] == sum(
             r["harmful"] for r in rows if r["source"] == "i_malicious"
+        )
+        assert m["final/eval/val/n"] == 2 and m["final/eval/val/n_harmful"] == sum(
+            r["harmful"] for r in rows if r["source"] == "val/advbench"
         )
         # eval.checkpoints=all: both kept checkpoints (steps 2 and 4) evaluated, by step
         curve = c.get_metric_history(ch.info.run_id, "eval/safety/harm_score")
@@ -214,6 +219,7 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
     for ch in children:
         m, row = ch.data.metrics, table[ch.data.params["loss.method"]]
         assert int(row["i_malicious (n=2)"]) == m["final/eval/i_malicious/n_harmful"]
+        assert row["validation (λ choice)"] == f"{int(m['final/eval/val/n_harmful'])}/2"
         assert float(row["harm score"]) == pytest.approx(
             m["final/eval/safety/harm_score"], abs=5e-5
         )

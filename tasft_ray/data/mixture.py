@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tasft_ray.config import DataConfig, Method, SourceConfig
+from tasft_ray.config import DataConfig, Method
 from tasft_ray.data.sources import DataError, Example, load_source
 from tasft_ray.data.template import format_prompt
 from tasft_ray.losses import HARMFUL, IGNORE_INDEX, SAFE
@@ -98,10 +98,6 @@ def _take(items: list[Example], count: int | None, rule: str, seed: int, key: st
     return random.Random(seed).sample(items, count)
 
 
-def _describe(src: SourceConfig) -> str:
-    return f"{src.name or src.path or src.url or src.hf}"
-
-
 def load_records(
     data: DataConfig, method: Method, seed: int, root: str | None
 ) -> tuple[list[Example], list[Example], int]:
@@ -110,20 +106,20 @@ def load_records(
     Returns (safe, related, related_kind). ``sft`` drops the safety-related data entirely; ``stl``
     uses safe refusals to toxic prompts, trained like ordinary safe data.
     """
-    safe_all = _pairs(load_source(data.safe, root), f"data.safe ({_describe(data.safe)})")
+    safe_all = _pairs(load_source(data.safe, root), f"data.safe ({data.safe.origin})")
     safe = _take(
         safe_all,
         data.safe_count,
         data.toxic_selection,
         seed,
         "data.safe_count",
-        f"data.safe ({_describe(data.safe)})",
+        f"data.safe ({data.safe.origin})",
     )
     if method == "sft" or data.toxic_count == 0:
         return safe, [], HARMFUL
     src, kind = (data.refusals, SAFE) if method == "stl" else (data.harmful, HARMFUL)
     section = "data.refusals" if method == "stl" else "data.harmful"
-    origin = f"{section} ({_describe(src)})"
+    origin = f"{section} ({src.origin})"
     related = _take(
         _pairs(load_source(src, root), origin),
         data.toxic_count,

@@ -744,7 +744,7 @@ def load_source(src: SourceConfig, root: str | None = None) -> list[Example]:
     """
     if src.fallback is not None and not src.path_exists():
         logger.warning(
-            "%s does not exist yet: using its fallback %s", src.path, _origin(src.fallback)
+            "%s does not exist yet: using its fallback %s", src.path, src.fallback.origin
         )
         return load_source(src.fallback, root)
     opts = dict(src.options)
@@ -766,12 +766,6 @@ def load_source(src: SourceConfig, root: str | None = None) -> list[Example]:
         logger.warning("%s: no examples (check the file and the filters)", origin)
     logger.info("%s: loaded %d examples", origin, len(examples))
     return examples
-
-
-def _origin(src: SourceConfig) -> str:
-    return next(
-        f"{k} '{getattr(src, k)}'" for k in ("name", "path", "url", "hf") if getattr(src, k)
-    )
 
 
 def _load_registered(src: SourceConfig, root: str | None) -> list[Example]:
