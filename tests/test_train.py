@@ -134,7 +134,9 @@ def test_toxic_count_larger_than_available_is_one_line(tmp_path):
     from tasft_ray.data.sources import DataError
 
     with pytest.raises(
-        DataError, match=r"data.toxic_count=100000 but data.harmful \(jbb_jailbroken\)"
+        DataError,
+        match=r"data.toxic_count=100000 but data.harmful \(name 'jbb_jailbroken'\) "
+        r"has only \d+ usable pairs",
     ):
         TASFTTrainer(_cfg(tmp_path, "data.toxic_count=100000"))
 
