@@ -25,6 +25,7 @@ from tasft_ray.evaluate import BENCHMARKS, PAPER_SAFETY
 FINAL = "final/eval/"
 CURVES = ("safety/harm_score", "safety/harmful_rate", "xstest/safe_refusal_rate")
 METHOD_ORDER = ("sft", "emd", "nlcl", "stl", "kto")
+PENALTY_METHODS = ("emd", "nlcl")  # the only methods whose loss uses λ
 QUALITY_TOLERANCE = 0.02  # the best-λ rule: quality within 2 points of SFT
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 NLL_NOTE = (
@@ -52,8 +53,12 @@ class Trial:
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     @property
+    def lam_text(self) -> str:
+        return f"{self.lam:g}" if self.method in PENALTY_METHODS else "–"
+
+    @property
     def label(self) -> str:
-        lam = "" if self.method == "sft" else f" λ={self.lam:g}"
+        lam = f" λ={self.lam:g}" if self.method in PENALTY_METHODS else ""
         return f"{self.method} n={self.toxic}{lam}"
 
     def get(self, key: str) -> float | None:
@@ -201,7 +206,7 @@ def _val(t: Trial) -> str:
 
 
 def _trial_cols(t: Trial) -> list[str]:
-    return [t.model, t.method, str(t.toxic), "–" if t.method == "sft" else f"{t.lam:g}"]
+    return [t.model, t.method, str(t.toxic), t.lam_text]
 
 
 def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped: list[str]) -> str:
@@ -266,7 +271,7 @@ def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped:
     md += ["## Chosen λ", "", f"Rule: {RULE}", ""]
     if choices:
         rows = [
-            [c.model, c.method, str(c.toxic), f"{c.trial.lam:g}"]
+            [c.model, c.method, str(c.toxic), c.trial.lam_text]
             + [_cell(c.trial.get("safety/n_harmful"), True), _val(c.trial)]
             + [_cell(c.trial.get("quality/mean_acc")), c.reason]
             for c in choices

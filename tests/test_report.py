@@ -75,6 +75,19 @@ def test_best_lambda_ranks_on_the_validation_split_when_there_is_one():
     assert choice.trial.lam == 1.0 and "no validation split" in choice.reason
 
 
+def test_lambda_is_shown_only_for_the_penalty_methods():
+    # STL and KTO carry the config's loss.lam but their losses never read it
+    shown = {m: (_trial(m, 4.0, 1, 0.1, None).lam_text, _trial(m, 4.0, 1, 0.1, None).label)
+             for m in ("sft", "emd", "nlcl", "stl", "kto")}  # fmt: skip
+    assert shown == {
+        "sft": ("–", "sft n=100"),
+        "emd": ("4", "emd n=100 λ=4"),
+        "nlcl": ("4", "nlcl n=100 λ=4"),
+        "stl": ("–", "stl n=100"),
+        "kto": ("–", "kto n=100"),
+    }
+
+
 def _log_sweep(uri: str) -> tuple[str, dict[str, dict[str, float]]]:
     """A parent run with an SFT and an EMD trial, eval metrics at steps 2 and 4."""
     c = tracking.client(uri)
