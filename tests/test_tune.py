@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -345,44 +346,83 @@ def ray_head(tmp_path):
     """A real `ray start --head --block` with the dashboard (needed by `ray job submit`).
 
     Free ports, its own process group, stopped by that group: another Ray on the machine (a
-    user's, or a sweep left running) neither blocks the test nor gets stopped by it.
+    user's, or a sweep left running) neither blocks the test nor gets stopped by it. A port found
+    free can still be taken before the head binds it (other tests' Ray clusters open many
+    sockets), so the head gets up to three tries with fresh ports.
     """
     env = _env(tmp_path)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    gcs, dashboard, agent = _free_port(), _free_port(), _free_port()
-    log = open(tmp_path / "ray_head.log", "w")
-    proc = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=4",
-         "--include-dashboard=true", f"--dashboard-port={dashboard}",
-         f"--dashboard-agent-listen-port={agent}", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    for attempt in range(3):
+        head = _start_ray_head(env, tmp_path / f"ray_head_{attempt}.log")
+        if head is not None:
+            break
+    else:
+        pytest.fail("ray start --head failed three times:\n" + _head_logs(tmp_path))
+    proc, gcs, url = head
     try:
-        url = f"http://127.0.0.1:{dashboard}"
-        deadline = time.time() + 180
-        while not _answers(f"{url}/api/version"):
-            assert proc.poll() is None, (tmp_path / "ray_head.log").read_text()[-3000:]
-            assert time.time() < deadline, "the Ray dashboard did not come up in 180 s"
-            time.sleep(1)
         yield env, url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop_group(proc)
         # `ray start` records its address for later ray.init() calls; ours is gone now
         current = Path(env.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
         if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
             current.unlink()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _head_logs(tmp_path: Path) -> str:
+    return "\n".join(p.read_text()[-2000:] for p in sorted(tmp_path.glob("ray_head_*.log")))
+
+
+def _start_ray_head(env: dict, log_path: Path):
+    """(process, gcs port, dashboard url) once the dashboard answers, or None if the head died."""
+    gcs, dashboard, agent = _free_ports(3)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+             f"--port={gcs}", "--num-cpus=4", "--include-dashboard=true",
+             f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
+             "--disable-usage-stats"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 180
+    while not _answers(f"{url}/api/version"):
+        if proc.poll() is not None:
+            _stop_group(proc)  # the head's children (gcs, raylet) may outlive it
+            return None
+        if time.time() > deadline:
+            _stop_group(proc)
+            pytest.fail("the Ray dashboard did not come up in 180 s:\n" + log_path.read_text())
+        time.sleep(1)
+    return proc, gcs, url
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _free_ports(n: int) -> list[int]:
+    """Distinct free ports below the kernel's ephemeral range (32768+) and above Ray's worker
+    ports (10002-19999), so no outgoing connection or Ray worker is handed one meanwhile."""
+    ports: list[int] = []
+    for port in random.sample(range(20000, 32768), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError("no free ports in 20000-32767")
 
 
 def _answers(url: str) -> bool:
