@@ -164,6 +164,12 @@ class LossConfig(_Section):
     emd_embedding: Literal["input", "output"] = Field(
         "input", description="EMD cost embeddings: input embedding matrix or the lm_head."
     )
+    emd_dtype: Literal["model", "bfloat16"] = Field(
+        "model",
+        description="dtype of the EMD cost embeddings and so of the penalty's two V x d "
+        "matmuls (expected embedding, its gradient): model (as loaded) or bfloat16 (half the "
+        "copy; 3.8x faster matmuls on a CPU with AVX512-BF16, bench/train_bench.py).",
+    )
     nlcl_variant: Literal["sequence", "token"] = Field(
         "sequence",
         description="sequence: eq. 7 on the whole response; token: per-token unlikelihood.",

@@ -83,16 +83,17 @@ class TASFTTrainer:
             )
         steps_per_epoch = self.micro_per_epoch / t.grad_accum
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
-        # Copy, not a view: ZeRO-3 partitions the frozen embedding too once the engine starts.
-        self.embeddings = (
-            embedding_matrix(self.model, cfg.loss.emd_embedding).clone()
-            if cfg.loss.method == "emd"
-            else None
-        )
+        self.embeddings = self._emd_embeddings(cfg.loss) if cfg.loss.method == "emd" else None
         self.tap = HiddenStateTap(self.model) if self._fused(cfg) else None
         self.engine = build_engine(self.model, cfg, self.total_steps, rank, world_size)
         self.step = 0
         self._order_cache: tuple[int, list[int]] | None = None
+
+    def _emd_embeddings(self, lc) -> torch.Tensor:
+        """A copy, not a view: ZeRO-3 partitions the frozen embedding too once the engine
+        starts. The penalty only needs the expected embedding to bf16 precision when asked."""
+        emb = embedding_matrix(self.model, lc.emd_embedding)
+        return emb.to(torch.bfloat16 if lc.emd_dtype == "bfloat16" else emb.dtype, copy=True)
 
     # ------------------------------------------------------------------ data
 

@@ -199,6 +199,32 @@ def test_fused_bf16_close_to_fp32():
     assert abs(bf16.total.item() - fp32.total.item()) < 0.05
 
 
+def test_fused_emd_with_bf16_cost_embeddings():
+    """loss.emd_dtype=bfloat16: fp32 logits, the penalty's matmuls in bf16. Fused and reference
+    agree to bf16 rounding, and both stay close to the fp32 penalty and its gradients."""
+    hidden, weight, _, emb, labels, kinds, lora = _setup(7, tied=False)
+
+    def run(fused: bool, e: torch.Tensor):
+        h = hidden()
+        head = OutputHead(h, weight)
+        parts = tasft_loss(
+            head if fused else head.logits(), labels, kinds, method="emd", lam=2.0,
+            embeddings=e, chunk_size=7,
+        )  # fmt: skip
+        return parts.penalty, torch.autograd.grad(parts.total, (h, *lora))
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    exact, exact_g = run(True, emb)
+    fused, fused_g = run(True, emb.bfloat16())
+    ref, ref_g = run(False, emb.bfloat16())
+    assert fused.dtype == torch.float32 and fused != exact  # the bf16 matmuls did run
+    assert rel(fused, ref) < 1e-3 and rel(fused, exact) < 2e-3
+    for f, r, x in zip(fused_g, ref_g, exact_g, strict=True):
+        assert rel(f, r) < 1e-2 and rel(f, x) < 1e-2
+
+
 @pytest.mark.parametrize("gap", [3.0, 40.0, 200.0])
 def test_fused_complement_gradient_at_extreme_confidence(gap):
     """log(1 - p) with 1 - p down to e^-200: the fused backward's overflow-safe branch."""

@@ -165,6 +165,18 @@ def test_cli_train_smoke_test(tmp_path):
     assert (tmp_path / "config.yaml").is_file()
 
 
+def test_emd_dtype_bfloat16_trains_on_a_bf16_copy_of_the_cost_embeddings(tmp_path):
+    trainer = TASFTTrainer(_cfg(tmp_path, "loss.method=emd", "loss.emd_dtype=bfloat16"))
+    table = trainer.model.get_input_embeddings().weight.detach()
+    assert table.dtype == torch.float32 and trainer.embeddings.dtype == torch.bfloat16
+    torch.testing.assert_close(trainer.embeddings, table.bfloat16())
+    batch = next(b for b in map(trainer._micro_batch, range(64)) if (b["kinds"] == HARMFUL).any())
+    penalty = trainer.loss(batch).penalty
+    trainer.embeddings = table.clone()
+    exact = trainer.loss(batch).penalty
+    assert float(penalty) < 0 and abs(float(penalty / exact) - 1) < 1e-2
+
+
 @pytest.mark.parametrize("method", ["emd", "nlcl", "kto"])
 def test_fused_and_reference_trainers_agree(tmp_path, method):
     """The fused path through the real model (hidden-state tap, logits_to_keep) gives the
