@@ -16,9 +16,11 @@ and every chunk is recomputed in backward (activation checkpointing), so no loss
 (tokens, V) tensor alive; the only V-sized buffer beyond the logits is the gradient the plain NLL
 needs too.
 
-Fused memory: logits exist only for one chunk of response positions at a time, in forward and
-again in backward (``_FusedHeadStats``, analytic per-token gradients), so no (B, T, V) tensor and
-no V-sized gradient is ever built; peak extra memory is a few (chunk_size, V) fp32 buffers.
+Fused memory: logits exist only for one chunk of response positions at a time
+(``_FusedHeadStats``, analytic per-token gradients), so no (B, T, V) tensor and no V-sized
+gradient is ever built; peak extra memory is a few (chunk_size, V) fp32 buffers. With a frozen
+output layer (LoRA) the gradient w.r.t. the hidden states is taken in forward while the chunk's
+logits exist, so logits are built once; a trainable one rebuilds them in backward.
 
 Call tree::
 
@@ -138,20 +140,29 @@ def _map_chunks(
     pos: _Positions,
     *extra: Tensor,
     chunk_size: int | None,
+    grad_col: int = 0,
 ) -> Tensor:
     """Apply a per-chunk function ``fn(chunk_logits (c, V), targets (c,), *extra) -> (c, ...)``.
 
+    ``grad_col``: the column of a (c, k) result the loss will differentiate (the fused path
+    computes its gradient during forward; any other column still gets a correct gradient, at the
+    cost of a recompute).
+
     The one place where chunking happens. Reference path: with autograd on, each chunk is
     checkpointed: its (c, V) softmax is freed after forward and recomputed in backward. Fused
-    path: ``_FusedHeadStats`` builds each chunk's logits from hidden states, twice.
+    path: ``_FusedHeadStats`` builds each chunk's logits from hidden states (once when the
+    output layer is frozen, twice when it trains).
     """
     n = pos.rows.numel()
     size = chunk_size or max(n, 1)
     if flat.head is not None:
         h = flat.head
+        frozen = not h.weight.requires_grad and (h.bias is None or not h.bias.requires_grad)
+        eager = torch.is_grad_enabled() and flat.x.requires_grad and frozen
         return _FusedHeadStats.apply(
-            flat.x, h.weight, h.bias, pos.rows, pos.targets, h, fn, size, *extra
-        )
+            flat.x, h.weight, h.bias, pos.rows, pos.targets, h, fn, size,
+            grad_col if eager else None, *extra,
+        )  # fmt: skip
     flat_logits = flat.x
     grad = torch.is_grad_enabled() and flat_logits.requires_grad
     outs = []
@@ -279,47 +290,74 @@ def _logprob_bwd(z, targets, grad, out, aux) -> Tensor:
     return dz.scatter_(1, targets[:, None], at_y[:, None])
 
 
+def _emd_weights_(z: Tensor, lse: Tensor, inv_norm: Tensor) -> Tensor:
+    """(c, V) logits -> P / ||e||, in place."""
+    return z.sub_(lse[:, None]).exp_().mul_(inv_norm)
+
+
 def _emd_fwd(z, targets, emb, inv_norm) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """``_token_emd``; keeps logsumexp and the expected embedding m = Σ_v P_v ê_v (c, d)."""
+    """``_token_emd``; keeps logsumexp and the expected embedding m = Σ_v P_v ê_v (c, d).
+
+    Leaves P / ||e|| in ``z`` (``_emd_grad`` starts from it)."""
     lse = torch.logsumexp(z, dim=-1)
-    weights = z.sub_(lse[:, None]).exp_().mul_(inv_norm)  # (c, V) P / ||e||, in place
+    weights = _emd_weights_(z, lse, inv_norm)
     expected = (weights.to(emb.dtype) @ emb).to(z.dtype)  # (c, d)
     target = emb[targets].to(z.dtype) * inv_norm[targets, None]
     return -(target - expected).pow(2).sum(-1), (lse, expected)
 
 
-def _emd_bwd(z, targets, grad, out, aux, emb, inv_norm) -> Tensor:
-    """value = -||t - m||²: d/dP_v = s_v = 2 (t - m)·ê_v, d/dz = P ⊙ (s - <P, s>), and
-    <P, s> = 2 (t - m)·m needs no pass over V."""
-    lse, expected = aux
-    target = emb[targets].to(z.dtype) * inv_norm[targets, None]
+def _emd_grad(weights, targets, grad, out, aux, emb, inv_norm) -> Tensor:
+    """value = -||t - m||²: d/dP_v = s_v = 2 (t - m)·ê_v, d/dz = P ⊙ (s - <P, s>), where
+    <P, s> = 2 (t - m)·m needs no pass over V. From W = P / ||e|| (in place):
+    P ⊙ (s - k) = W ⊙ (2 (t - m)·e_v - k ||e_v||), so P itself is never rebuilt."""
+    _, expected = aux
+    target = emb[targets].to(weights.dtype) * inv_norm[targets, None]
     u = 2 * (target - expected)  # (c, d)
-    s = (u.to(emb.dtype) @ emb.T).to(z.dtype).mul_(inv_norm)  # (c, V)
-    s.sub_((u * expected).sum(-1, keepdim=True))
-    probs = z.sub_(lse[:, None]).exp_()
-    return s.mul_(probs).mul_(grad[:, None])
+    s = (u.to(emb.dtype) @ emb.T).to(weights.dtype)  # (c, V) u·e_v
+    s.addr_((u * expected).sum(-1), inv_norm.reciprocal(), alpha=-1)
+    return s.mul_(weights).mul_(grad[:, None])
 
 
-_FUSED = {_token_logprob: (_logprob_fwd, _logprob_bwd), _token_emd: (_emd_fwd, _emd_bwd)}
+def _emd_bwd(z, targets, grad, out, aux, emb, inv_norm) -> Tensor:
+    weights = _emd_weights_(z, aux[0], inv_norm)
+    return _emd_grad(weights, targets, grad, out, aux, emb, inv_norm)
+
+
+# fn -> (forward, backward on fresh logits, backward on what forward left in its logits)
+_FUSED = {
+    _token_logprob: (_logprob_fwd, _logprob_bwd, _logprob_bwd),  # forward leaves z as it was
+    _token_emd: (_emd_fwd, _emd_bwd, _emd_grad),
+}
 
 
 class _FusedHeadStats(torch.autograd.Function):
     """Per-token statistics straight from hidden states, logits one chunk at a time.
 
-    forward:  for each chunk of response positions, logits = head(h[rows]) -> (values, aux)
+    forward:  for each chunk of response positions, logits = head(h[rows]) -> (values, aux).
     backward: recompute the chunk's logits, analytic dL/dz (``_FUSED``), then through the head:
               dL/dh[rows] = dL/draw @ W (and dL/dW, dL/db if they require grad).
+
+    Eager gradient (``grad_col`` set: training a frozen head): each value depends on its own
+    position's hidden state only, so dL/dh[row] = grad_out[row] · d value[row, grad_col] / dh[row].
+    Forward computes that (N, d) Jacobian while the chunk's logits exist and backward only scales
+    it: one V x d matmul per token fewer than recomputing (the NLL trains with two instead of
+    three). If backward receives gradient on another column, it recomputes as above.
     Nothing V-sized outlives a chunk, in either pass.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, rows, targets, head, fn, size, *extra):
-        fwd = _FUSED[fn][0]
-        outs, auxes = [], []
+    def forward(ctx, hidden, weight, bias, rows, targets, head, fn, size, grad_col, *extra):
+        fwd, _, grad_after_fwd = _FUSED[fn]
+        outs, auxes, jacobians = [], [], []
         with torch.no_grad():
             for i in range(0, max(rows.numel(), 1), size):
                 z = head.chunk_logits(hidden[rows[i : i + size]])
+                capped = _softcap_slope(z, head) if grad_col is not None else None
                 out, aux = fwd(z, targets[i : i + size], *extra)
+                if grad_col is not None:
+                    unit = _unit_grad(out, grad_col)
+                    g = grad_after_fwd(z, targets[i : i + size], unit, out, aux, *extra)
+                    jacobians.append(_through_softcap_and_scale(g, capped, head, weight) @ weight)
                 outs.append(out)
                 auxes.append(aux)
         aux = [torch.cat(parts) for parts in zip(*auxes, strict=True)]
@@ -327,13 +365,23 @@ class _FusedHeadStats(torch.autograd.Function):
         ctx.head, ctx.fn, ctx.size, ctx.n_extra = head, fn, size, len(extra)
         ctx.outputs = torch.cat(outs)
         ctx.aux = aux
+        ctx.grad_col = grad_col
+        ctx.jacobian = torch.cat(jacobians) if jacobians else None
         return ctx.outputs.clone()
 
     @staticmethod
     def backward(ctx, grad_out):
         hidden, weight, bias, rows, targets, *extra = ctx.saved_tensors
-        head, size, bwd = ctx.head, ctx.size, _FUSED[ctx.fn][1]
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        none = (None,) * (6 + ctx.n_extra)
+        if ctx.jacobian is not None:  # need_w and need_b are False: the eager path's condition
+            wanted = _unit_grad(grad_out, ctx.grad_col).bool()
+            if not bool(grad_out.masked_select(~wanted).any()):
+                g = grad_out[wanted] if grad_out.dim() == 2 else grad_out
+                grad_h = torch.zeros_like(hidden)
+                grad_h.index_add_(0, rows, (ctx.jacobian * g[:, None]).to(hidden.dtype))
+                return grad_h, None, None, *none
+        head, size, bwd = ctx.head, ctx.size, _FUSED[ctx.fn][1]
         acc = torch.promote_types(weight.dtype, torch.float32)  # dW, db summed over chunks
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
@@ -343,16 +391,10 @@ class _FusedHeadStats(torch.autograd.Function):
             r = rows[sl]
             h = hidden[r]
             z = head.chunk_logits(h)
-            capped = None
-            if head.softcap is not None:  # z = cap·tanh(x / cap): dz/dx = 1 - (z / cap)²
-                capped = 1 - (z / head.softcap).square()
+            capped = _softcap_slope(z, head)
             aux = [a[sl] for a in ctx.aux]
             g = bwd(z, targets[sl], grad_out[sl], ctx.outputs[sl], aux, *extra)  # dL/dz
-            if capped is not None:
-                g = g.mul_(capped)
-            if head.scale != 1.0:
-                g = g.mul_(head.scale)
-            g = g.to(weight.dtype)  # dL/d(h Wᵀ + b)
+            g = _through_softcap_and_scale(g, capped, head, weight)  # dL/d(h Wᵀ + b)
             if need_h:
                 grad_h.index_add_(0, r, g @ weight)
             if need_w:
@@ -361,7 +403,30 @@ class _FusedHeadStats(torch.autograd.Function):
                 grad_b.add_(g.to(acc).sum(0))
         grad_w = grad_w.to(weight.dtype) if need_w else None
         grad_b = grad_b.to(bias.dtype) if need_b else None
-        return grad_h, grad_w, grad_b, None, None, None, None, None, *([None] * ctx.n_extra)
+        return grad_h, grad_w, grad_b, *none
+
+
+def _unit_grad(out: Tensor, col: int) -> Tensor:
+    """d(loss)/d(out) = 1 on column ``col`` of a (c, k) output, or everywhere on a (c,) one."""
+    if out.dim() == 1:
+        return torch.ones_like(out)
+    unit = torch.zeros_like(out)
+    unit[:, col] = 1
+    return unit
+
+
+def _softcap_slope(z: Tensor, head: OutputHead) -> Tensor | None:
+    """z = cap·tanh(x / cap): dz/dx = 1 - (z / cap)², taken before a kernel overwrites z."""
+    return None if head.softcap is None else 1 - (z / head.softcap).square()
+
+
+def _through_softcap_and_scale(g: Tensor, capped: Tensor | None, head: OutputHead, weight):
+    """dL/dz (c, V) -> dL/d(h Wᵀ + b) in the weight's dtype."""
+    if capped is not None:
+        g = g.mul_(capped)
+    if head.scale != 1.0:
+        g = g.mul_(head.scale)
+    return g.to(weight.dtype)
 
 
 # ----------------------------------------------------------------------------- terms
@@ -391,7 +456,8 @@ def _nlcl_term(
     reduction: Reduction,
     chunk_size: int | None,
 ) -> Tensor:
-    stats = _map_chunks(_token_logprob, flat, pos, chunk_size=chunk_size)  # (N, 2)
+    col = 1 if variant == "token" else 0  # the column the loss below differentiates
+    stats = _map_chunks(_token_logprob, flat, pos, chunk_size=chunk_size, grad_col=col)  # (N, 2)
     if variant == "token":  # unlikelihood: -log(1 - p(y_t)) per token
         return _reduce(-stats[:, 1], pos, reduction)
     if variant != "sequence":

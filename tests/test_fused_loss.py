@@ -17,6 +17,10 @@ from tasft_ray.losses import (
     HARMFUL,
     SAFE,
     OutputHead,
+    _flat,
+    _map_chunks,
+    _Positions,
+    _token_logprob,
     nlcl_loss,
     sequence_logprobs,
     sft_loss,
@@ -133,24 +137,51 @@ def test_fused_gradcheck_float64():
             assert torch.autograd.gradcheck(f, (h,))
 
 
+class _Recording(OutputHead):
+    """An OutputHead that records the row count of every logits block it builds."""
+
+    def chunk_logits(self, h):
+        self.seen.append(h.shape[0])
+        return super().chunk_logits(h)
+
+
+def _recording(h, weight, bias=None) -> _Recording:
+    head = _Recording(h, weight, bias)
+    object.__setattr__(head, "seen", [])
+    return head
+
+
 def test_fused_builds_logits_only_for_response_chunks():
-    """No (B, T, V) tensor: every logits block is at most chunk_size response positions."""
+    """No (B, T, V) tensor: every logits block is at most chunk_size response positions. With a
+    frozen output layer each position's logits are built once (the gradient is taken in
+    forward); when the layer trains, once more in backward."""
     hidden, weight, _, emb, labels, kinds, _ = _setup(2, tied=True)
-    seen: list[int] = []
-
-    class Recording(OutputHead):
-        def chunk_logits(self, h):
-            seen.append(h.shape[0])
-            return super().chunk_logits(h)
-
-    h = hidden()
-    parts = tasft_loss(
-        Recording(h, weight), labels, kinds, method="emd", embeddings=emb, chunk_size=6
-    )
-    parts.total.backward()
     n_resp = int((labels[:, 1:] != IGN).sum())
-    assert max(seen) <= 6 and h.dim() == 3
-    assert sum(seen) == 2 * n_resp  # each response position once in forward, once in backward
+    for trains, passes in ((False, 1), (True, 2)):
+        h = hidden()
+        head = _recording(h, weight.clone().requires_grad_(trains))
+        parts = tasft_loss(head, labels, kinds, method="emd", embeddings=emb, chunk_size=6)
+        parts.total.backward()
+        assert max(head.seen) <= 6 and h.dim() == 3
+        assert sum(head.seen) == passes * n_resp
+
+
+def test_fused_gradient_on_a_column_not_taken_in_forward():
+    """The eager gradient covers the column the loss was declared to use; a caller that
+    differentiates the other column too gets the recomputed (still exact) gradient."""
+    hidden, weight, _, _, labels, _, lora = _setup(8, tied=False)
+    pos = _Positions.of(labels, IGN)
+    grads = []
+    for fused in (False, True):
+        h = hidden()
+        head = _recording(h, weight)
+        flat = _flat(head if fused else head.logits())
+        stats = _map_chunks(_token_logprob, flat, pos, chunk_size=4, grad_col=0)
+        loss = stats[:, 0].sum() + 0.5 * stats[:, 1].sum()
+        grads.append(torch.autograd.grad(loss, (h, *lora)))
+    assert sum(head.seen) == 2 * pos.rows.numel()  # forward, then the recompute
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_nlcl_exact_near_probability_one():
