@@ -9,6 +9,7 @@ and chunk sizes that do not divide the number of response tokens.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -137,18 +138,15 @@ def test_fused_gradcheck_float64():
             assert torch.autograd.gradcheck(f, (h,))
 
 
+@dataclass(frozen=True)
 class _Recording(OutputHead):
     """An OutputHead that records the row count of every logits block it builds."""
+
+    seen: list[int] = field(default_factory=list)
 
     def chunk_logits(self, h):
         self.seen.append(h.shape[0])
         return super().chunk_logits(h)
-
-
-def _recording(h, weight, bias=None) -> _Recording:
-    head = _Recording(h, weight, bias)
-    object.__setattr__(head, "seen", [])
-    return head
 
 
 def test_fused_builds_logits_only_for_response_chunks():
@@ -159,7 +157,7 @@ def test_fused_builds_logits_only_for_response_chunks():
     n_resp = int((labels[:, 1:] != IGN).sum())
     for trains, passes in ((False, 1), (True, 2)):
         h = hidden()
-        head = _recording(h, weight.clone().requires_grad_(trains))
+        head = _Recording(h, weight.clone().requires_grad_(trains))
         parts = tasft_loss(head, labels, kinds, method="emd", embeddings=emb, chunk_size=6)
         parts.total.backward()
         assert max(head.seen) <= 6 and h.dim() == 3
@@ -174,7 +172,7 @@ def test_fused_gradient_on_a_column_not_taken_in_forward():
     grads = []
     for fused in (False, True):
         h = hidden()
-        head = _recording(h, weight)
+        head = _Recording(h, weight)
         flat = _flat(head if fused else head.logits())
         stats = _map_chunks(_token_logprob, flat, pos, chunk_size=4, grad_col=0)
         loss = stats[:, 0].sum() + 0.5 * stats[:, 1].sum()
