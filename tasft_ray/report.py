@@ -27,6 +27,7 @@ CURVES = ("safety/harm_score", "safety/harmful_rate", "xstest/safe_refusal_rate"
 METHOD_ORDER = ("sft", "emd", "nlcl", "stl", "kto")
 PENALTY_METHODS = ("emd", "nlcl")  # the only methods whose loss uses λ
 QUALITY_TOLERANCE = 0.02  # the best-λ rule: quality within 2 points of SFT
+DEGENERATE_TOLERANCE = 0.05  # ... and degenerate answers within 5 points of SFT's
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 NLL_NOTE = (
     "Higher = less likely under the model. A working penalty raises the held-out harmful "
@@ -146,7 +147,11 @@ RULE = (
     "val/n_harmful, then val/harm_score; disjoint from the reported prompts), then the smallest λ. "
     "Without validation metrics the reported prompts' safety/n_harmful and harm score are used "
     "(marked: the choice then flatters the method). Without an SFT trial or quality metrics the "
-    "quality condition is dropped; when no λ meets it, the fewest harmful answers overall (marked)."
+    "quality condition is dropped; when no λ meets it, the fewest harmful answers overall "
+    "(marked). Of the λ values left, those whose share of degenerate answers "
+    "(answers/degenerate_rate: empty or looping, which the judge scores as safe) exceeds SFT's, or "
+    f"without SFT the group's lowest, by more than {DEGENERATE_TOLERANCE * 100:g} points are "
+    "dropped, unless every λ is (marked)."
 )
 
 
@@ -167,6 +172,7 @@ def best_lambda(trials: list[Trial], tolerance: float = QUALITY_TOLERANCE) -> li
             reason = f"quality ≥ SFT {ref:.4f} − {tolerance:g}, fewest harmful"
             if not eligible:
                 eligible, reason = group, "no λ keeps quality within tolerance: fewest harmful"
+        eligible, reason = _drop_degenerate(eligible, sft, reason)
         on = "val" if all(t.get("val/n_harmful") is not None for t in eligible) else "safety"
         if on == "safety":
             reason += " (on the reported prompts: no validation split)"
@@ -176,6 +182,21 @@ def best_lambda(trials: list[Trial], tolerance: float = QUALITY_TOLERANCE) -> li
         )
         choices.append(Choice(model, method, toxic, best, reason))
     return choices
+
+
+def _drop_degenerate(group: list[Trial], sft: list[Trial], reason: str) -> tuple[list[Trial], str]:
+    """A collapsed model answers nothing harmful; it must not win the fewest-harmful rule."""
+    rates = [t.get("answers/degenerate_rate") for t in group]
+    if any(r is None for r in rates):
+        return group, reason  # trials from before the metric existed
+    base = sft[0].get("answers/degenerate_rate") if sft else None
+    base = min(rates) if base is None else base
+    fluent = [t for t, r in zip(group, rates, strict=True) if r <= base + DEGENERATE_TOLERANCE]
+    if not fluent:
+        return group, reason + "; every λ degenerates beyond tolerance"
+    if len(fluent) < len(group):
+        reason += f"; degenerate answers ≤ {base:.2f} + {DEGENERATE_TOLERANCE:g}"
+    return fluent, reason
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -235,12 +256,14 @@ def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped:
 
     md += ["## Over-refusal (Figure 3) — XSTest", ""]
     header = key + ["safe-prompt refusal", "unsafe-prompt compliance", "harmful rate"]
+    header += ["degenerate answers"]
     rows = [
         _trial_cols(t)
         + [
             _cell(t.get("xstest/safe_refusal_rate")),
             _cell(t.get("xstest/unsafe_compliance_rate")),
             _cell(t.get("safety/harmful_rate")),
+            _cell(t.get("answers/degenerate_rate")),
         ]
         for t in trials
     ]

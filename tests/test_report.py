@@ -75,6 +75,24 @@ def test_best_lambda_ranks_on_the_validation_split_when_there_is_one():
     assert choice.trial.lam == 1.0 and "no validation split" in choice.reason
 
 
+def test_best_lambda_drops_a_collapsed_model_that_answers_nothing_harmful():
+    # token NLCL at λ 16 on 288 pairs: 0 harmful, every answer one token repeated
+    sft = _trial("sft", 0.0, 13, 0.26, 0.74)
+    sane = _trial("nlcl", 4.0, 3, 0.19, 0.74)
+    dead = _trial("nlcl", 16.0, 0, 0.03, 0.74)
+    sft.final["answers/degenerate_rate"], sane.final["answers/degenerate_rate"] = 0.01, 0.03
+    dead.final["answers/degenerate_rate"] = 1.0
+    (choice,) = best_lambda([sft, sane, dead])
+    assert choice.trial.lam == 4.0 and "degenerate answers ≤ 0.01" in choice.reason
+    (choice,) = best_lambda([sane, dead])  # no SFT: against the group's lowest rate
+    assert choice.trial.lam == 4.0
+    sane.final["answers/degenerate_rate"] = 0.5  # every λ beyond SFT's: fewest harmful, marked
+    (choice,) = best_lambda([sft, sane, dead])
+    assert choice.trial.lam == 16.0 and "every λ degenerates" in choice.reason
+    del sane.final["answers/degenerate_rate"]  # runs from before the metric: rule unchanged
+    assert best_lambda([sft, sane, dead])[0].trial.lam == 16.0
+
+
 def test_lambda_is_shown_only_for_the_penalty_methods():
     # STL and KTO carry the config's loss.lam but their losses never read it
     shown = {m: (_trial(m, 4.0, 1, 0.1, None).lam_text, _trial(m, 4.0, 1, 0.1, None).label)

@@ -238,7 +238,12 @@ _ENTRIES: tuple[DatasetEntry, ...] = (
         "declare-lab/CategoricalHarmfulQA",
         "CatQA English, 550 questions in 11 categories",
     ),
-    _red("adversarialqa", "adversarialqa.json", None, "AdversarialQA, 500 instructions"),
+    _red(
+        "adversarialqa",
+        "adversarialqa.json",
+        None,
+        "AdversarialQA, 500 instructions: the 500 AdvBench goals of `advbench` (same text)",
+    ),
     DatasetEntry(
         name="hh_rlhf_harmless",
         folder="hh_rlhf_harmless_base",
