@@ -48,15 +48,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
             steps.add(metrics)
         ray.train.report(metrics)  # [3] every rank, every logged step (a barrier)
 
-    def on_checkpoint(metrics: dict) -> Path:
-        local = Path(tempfile.mkdtemp(prefix="tasft_ckpt_"))
-        trainer.write_checkpoint(local)  # each rank its share; Ray merges the directories
-        if steps:
-            steps.add(metrics)
-            steps.flush()
-        # [4] persist the checkpoint with this step's metrics
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(local)))
-        return local
+    def on_checkpoint(metrics: dict) -> None:
+        # staged in a temp dir that goes once Ray has copied it to storage (a synchronous
+        # upload): kept, one stage per checkpoint would fill the worker's disk over a sweep
+        with tempfile.TemporaryDirectory(prefix="tasft_ckpt_") as local:
+            trainer.write_checkpoint(Path(local))  # each rank its share; Ray merges them
+            if steps:
+                steps.add(metrics)
+                steps.flush()
+            # [4] persist the checkpoint with this step's metrics
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local))
 
     trainer.fit(on_metrics=on_metrics, on_checkpoint=on_checkpoint, progress=rank == 0)
 

@@ -1,8 +1,10 @@
 """Shared test setup: point the data loaders at the shipped offline data and a scratch cache."""
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +13,9 @@ from pathlib import Path
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("TASFT_DATA_DIR", str((_REPO_ROOT / ".." / "shared" / "data").resolve()))
-os.environ.setdefault("TASFT_CACHE_DIR", tempfile.mkdtemp(prefix="tasft_test_cache_"))
+if "TASFT_CACHE_DIR" not in os.environ:  # one per session (xdist workers inherit it), then gone
+    os.environ["TASFT_CACHE_DIR"] = tempfile.mkdtemp(prefix="tasft_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["TASFT_CACHE_DIR"], ignore_errors=True)
 
 
 @contextlib.contextmanager

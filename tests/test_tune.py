@@ -35,7 +35,15 @@ def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["RAY_TMPDIR"] = "/tmp"  # short socket paths
+    # everything else the driver and its Ray workers stage goes here, where a test can see it
+    env["TMPDIR"] = str(_scratch(tmp_path))
     return env
+
+
+def _scratch(tmp_path: Path) -> Path:
+    path = tmp_path / "tmp"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def _tune_cmd(tmp_path: Path, *overrides: str) -> list[str]:
@@ -229,6 +237,8 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
     assert marker.read_text() == "3"  # the failure really happened
     penalty = c.get_metric_history(crashed.info.run_id, "loss/penalty")
     assert all(m.value < 0 for m in penalty)  # EMD term is live at λ = 1
+    # each rank staged 2 checkpoints per trial in a temp dir; none is left once Ray has them
+    assert not list(_scratch(tmp_path).glob("tasft_ckpt_*"))
 
 
 def _final_adapter_loss(trial_dir: Path, cfg) -> float:
