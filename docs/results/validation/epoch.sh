@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Is it the pairs or the training? (README.md here, "One epoch over 100 pairs"): full.sh's
+# Is it the pairs or the training? (README.md here, "Is it the pairs or the training?"): full.sh's
 # evaluation (all 518 prompts, 250 XSTest-safe, PIQA/BoolQ/OpenBookQA) on run.sh's 100 pairs
 # trained one whole epoch of the 400-row mixture (50 steps of 8, every harmful pair seen once)
 # instead of 32 steps; SFT and EMD λ ∈ {16, 64}, λ chosen on the validation split.
