@@ -18,14 +18,20 @@ mixture) in units of the median step: the case for sharing tokenised data across
     python bench/train_bench.py --config tiny --steps 4          # seconds, for a smoke run
     python bench/train_bench.py --emd-only --set data.safe_count=1000   # the EMD cost alone,
                                                   # loss.emd_dtype model and bfloat16
+    python bench/train_bench.py --emd-only --malloc both    # the same in two processes, glibc's
+                     # default allocator, then engine.cpu_malloc=reuse's: tokens/s ratio per loop
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import date
@@ -184,9 +190,20 @@ def main() -> None:
     p.add_argument(
         "--emd-only", action="store_true", help="only the EMD term's cost on the same batches"
     )
+    p.add_argument(
+        "--malloc",
+        choices=["inherit", "system", "reuse", "both"],
+        default="inherit",
+        help="glibc allocator settings of this process (engine.cpu_malloc); both: one child "
+        "process each, then the ratio",
+    )
     args = p.parse_args()
     if args.steps < 2:
         p.error("--steps must be >= 2 (the first step is a warm-up)")
+    if args.malloc == "both":
+        return _compare_malloc(sys.argv[1:])
+    if args.malloc != "inherit":
+        _exec_with_malloc(args.malloc)
     n, s = args.steps, args.set
     if args.emd_only:
         emd = ours(args.config, "emd", "fused", n, [*s, "loss.emd_dtype=model"])
@@ -203,6 +220,10 @@ def main() -> None:
                 f"EMD term costs {cost:+.1%}"
             )
         _setup(off)
+        res = {"tasft_sft_on_emd_batches": off, "tasft_emd": emd, "tasft_emd_bf16": bf16}
+        for r in res.values():
+            r.pop("batches", None)
+        print(json.dumps({**res, "max_rss_mib": _max_rss_mib()}))
         return
     res = {"hf_trainer_sft": hf_trainer(args.config, n, s)}
     res["tasft_sft"] = ours(args.config, "sft", "fused", n, s)
@@ -226,7 +247,7 @@ def main() -> None:
         f"tokens/s; padding {plain['padding']:.0%} -> {g['padding']:.0%}"
     )
     _setup(plain)
-    print(json.dumps(res))
+    print(json.dumps({**res, "max_rss_mib": _max_rss_mib()}))
     if args.results:
         import torch
 
@@ -237,6 +258,39 @@ def main() -> None:
                 f"{tps['tasft_sft']:.1f} | {tps['tasft_emd']:.1f} | "
                 f"{tps['tasft_emd_reference']:.1f} | {ratio_hf:.2f}x | {emd_cost:+.1%} |\n"
             )
+
+
+def _exec_with_malloc(kind: str) -> None:
+    """Restart this process under the allocator settings ``kind`` (glibc reads them at start)."""
+    from tasft_ray.worker_env import MALLOC_REUSE
+
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_REUSE}
+    if kind == "reuse":
+        env.update(MALLOC_REUSE)
+    if any(os.environ.get(k) != env.get(k) for k in MALLOC_REUSE):
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def _compare_malloc(argv: list[str]) -> None:
+    """The same bench in two child processes, glibc's default allocator then ``reuse``."""
+    runs = {}
+    for kind in ("system", "reuse"):
+        cmd = [sys.executable, __file__, *argv, f"--malloc={kind}"]  # the last --malloc wins
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        *text, last = out.strip().splitlines()
+        print(f"--- engine.cpu_malloc={kind}", *text, sep="\n", flush=True)
+        runs[kind] = json.loads(last)
+    rss = [runs[k]["max_rss_mib"] for k in ("system", "reuse")]
+    print(f"peak RSS: {rss[0]:.0f} -> {rss[1]:.0f} MiB")
+    print("loop: tokens/s system -> reuse (ratio)")
+    for name, run in runs["system"].items():
+        if isinstance(run, dict) and "tokens_per_s" in run:
+            a, b = run["tokens_per_s"], runs["reuse"][name]["tokens_per_s"]
+            print(f"{name:26} {a:8.1f} -> {b:8.1f}  ({b / a:.2f}x)")
+
+
+def _max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _setup(run: dict) -> None:

@@ -224,6 +224,12 @@ class EngineConfig(_Section):
     )
     use_gpu: bool = Field(False, description="One GPU per Ray Train worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs per Ray Train worker.")
+    cpu_malloc: Literal["reuse", "system"] = Field(
+        "reuse",
+        description="reuse: Ray workers start with glibc keeping freed blocks up to 1 GiB for "
+        "reuse (tasft_ray/worker_env.py), so the loss's tokens x vocabulary buffers are not "
+        "page-faulted in anew at every chunk; system: glibc's defaults.",
+    )
     max_failures: int = Field(
         1, ge=-1, description="Worker-group restarts from the last checkpoint (-1: unlimited)."
     )

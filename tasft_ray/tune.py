@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tasft_ray.config import Config, ConfigError, UserError, cache_root, load_config
+from tasft_ray.worker_env import worker_env
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ def init_ray(cfg: Config, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = worker_env(cfg)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": env})
     else:

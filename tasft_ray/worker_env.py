@@ -1,0 +1,33 @@
+"""The environment every Ray worker process of a sweep or a generation run starts with.
+
+Threads: Ray's own default is one OpenMP thread per worker; a training worker given N CPUs raises
+it to N itself (ray_train.py), a generation actor likewise (generate.py).
+
+Allocator: on CPU a fused-loss chunk allocates (tokens x vocabulary) buffers of hundreds of MB
+(262k x 1024 fp32 = 1 GiB for Gemma 3). glibc serves any block above its mmap threshold (at
+most 32 MB by default) with a fresh mmap and unmaps it on free, so every chunk of every step
+page-faults its buffers in again: 0.24 s per 512 MB on the 2-core box, as long as a whole extra
+pass over the buffer (bench/RESULTS.md). Raising the mmap and trim thresholds keeps freed blocks
+in the heap for the next chunk. ``MALLOC_ARENA_MAX=1`` is what makes it reach the training
+loop at all: Ray Train runs it in a non-main thread, and a thread's own arena cannot grow past
+64 MB, so without it every large block is still mmap'd whatever the threshold. glibc reads
+these at process start, hence environment variables for the workers rather than ``mallopt``.
+"""
+
+from __future__ import annotations
+
+from tasft_ray.config import Config
+
+MALLOC_REUSE = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),  # blocks up to 1 GiB come from the heap
+    "MALLOC_TRIM_THRESHOLD_": str(4 << 30),  # and up to 4 GiB of free heap is kept
+}
+
+
+def worker_env(cfg: Config) -> dict[str, str]:
+    """Environment variables for Ray's runtime_env (``engine.cpu_malloc`` selects the allocator)."""
+    env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if cfg.engine.cpu_malloc == "reuse":
+        env.update(MALLOC_REUSE)
+    return env

@@ -1,0 +1,71 @@
+"""engine.cpu_malloc reaches Ray workers: a large block allocated in a worker's non-main thread
+(where Ray Train runs the training loop) comes from the heap, not from a fresh mmap."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from tasft_ray.config import load_config
+from tasft_ray.tune import init_ray
+from tasft_ray.worker_env import MALLOC_REUSE, worker_env
+
+BLOCK = 256 << 20
+# glibc's mmap'd bytes (mallinfo2's hblkhd) while a non-main thread holds a 256 MiB tensor; run
+# as source in a fresh process, since glibc reads its settings at process start
+PROBE = """
+import ctypes, threading
+import torch
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+seen = []
+
+def work():
+    block = torch.ones(BLOCK, dtype=torch.uint8)
+    seen.append(libc.mallinfo2().hblkhd)
+
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+"""
+
+
+def test_worker_env_selects_the_allocator():
+    reuse, system = load_config("tiny"), load_config("tiny", ["engine.cpu_malloc=system"])
+    assert worker_env(reuse).items() >= MALLOC_REUSE.items()
+    assert not set(worker_env(system)) & set(MALLOC_REUSE)
+    assert worker_env(system)["OMP_NUM_THREADS"] == "1"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_ray_worker_threads_allocate_large_blocks_from_the_heap():
+    import ray
+
+    # the probe can fail: without the setting the same block is mmap'd
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_REUSE}
+    code = f"BLOCK = {BLOCK}\n{PROBE}\nprint(seen[0])"
+    plain = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert int(plain.stdout) >= BLOCK
+
+    def mmapped_bytes(probe: str) -> int:  # nested: Ray ships it by value, not by module
+        scope = {"BLOCK": BLOCK}
+        exec(probe, scope)
+        return scope["seen"][0]
+
+    init_ray(load_config("tiny"), num_cpus=1)
+    try:
+        in_worker = ray.get(ray.remote(num_cpus=1)(mmapped_bytes).remote(PROBE))
+    finally:
+        ray.shutdown()
+    assert in_worker < BLOCK
