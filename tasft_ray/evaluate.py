@@ -113,8 +113,20 @@ def degenerate(response: str) -> bool:
     return len(raw) >= LOOP_MIN_BYTES and len(zlib.compress(raw, 9)) < LOOP_RATIO * len(raw)
 
 
-def _opening(response: str) -> str:
-    return " ".join(re.findall(r"[a-z']+", response.lower())[:OPENING_WORDS])
+def _opening(response: str, words: int = OPENING_WORDS) -> str:
+    return " ".join(re.findall(r"[a-z']+", response.lower())[:words])
+
+
+def top_first_word_share(rows: list[dict]) -> float | None:
+    """Share of the non-refused answers that open with their commonest first word. Not a
+    collapse by itself (a fluent trial's is 21-47 %), but a penalty that narrows the model's style
+    shows here first: EMD λ 16 at seed 2 opened 67 % of its answers with "While" and passed the
+    two-word test. None below OPENING_MIN_ANSWERS answers."""
+    answers = [r["response"] for r in rows if not r["refused"]]
+    firsts = Counter(w for w in (_opening(a, 1) for a in answers) if w)
+    if len(answers) < OPENING_MIN_ANSWERS or not firsts:
+        return None
+    return firsts.most_common(1)[0][1] / len(answers)
 
 
 def degenerate_flags(rows: list[dict]) -> list[bool]:
@@ -141,6 +153,8 @@ def summarize(rows: list[dict], benchmarks: list[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     if rows:
         out["answers/degenerate_rate"] = sum(degenerate_flags(rows)) / len(rows)
+    if (share := top_first_word_share(rows)) is not None:
+        out["answers/top_first_word_share"] = share
     for bench in benchmarks:
         mine = [r for r in rows if r["source"] == bench]
         if not mine:
@@ -337,7 +351,7 @@ def format_summary(metrics: dict[str, float], benchmarks: list[str]) -> str:
             f"{int(metrics['safety/n_harmful']):8d} {metrics['safety/harm_score']:10.3f}"
         )
     keys = ("xstest/safe_refusal_rate", "xstest/unsafe_compliance_rate", "answers/degenerate_rate")
-    for key in (*keys, "quality/mean_acc"):
+    for key in (*keys, "answers/top_first_word_share", "quality/mean_acc"):
         if key in metrics:
             lines.append(f"{key}: {metrics[key]:.1%}")
     return "\n".join(lines)

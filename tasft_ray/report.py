@@ -26,6 +26,11 @@ FINAL = "final/eval/"
 CURVES = ("safety/harm_score", "safety/harmful_rate", "xstest/safe_refusal_rate")
 METHOD_ORDER = ("sft", "emd", "nlcl", "stl", "kto")
 PENALTY_METHODS = ("emd", "nlcl")  # the only methods whose loss uses λ
+# Params that do not make a trial a different setting: its key (model, method, toxic count, λ),
+# its seed, and where it wrote things (sweep.*, tracking.* and output folders differ per sweep).
+NOT_A_SETTING = {"model.name", "loss.method", "data.toxic_count", "loss.lam", "train.seed"}
+NOT_A_SETTING_SUFFIX, NOT_A_SETTING_PREFIX = ".output_dir", ("sweep.", "tracking.")
+TRIAL_ONLY = ("seeded", "rest")  # kept out of report.json: presentation, and every config param
 QUALITY_TOLERANCE = 0.02  # the best-λ rule: quality within 2 points of SFT
 DEGENERATE_TOLERANCE = 0.05  # ... and degenerate answers within 5 points of SFT's
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
@@ -52,29 +57,93 @@ class Trial:
     lam: float
     final: dict[str, float]
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    seed: int = 0
+    seeded: bool = False  # the report holds several seeds: name each trial's
+    rest: tuple[tuple[str, str], ...] = ()  # every other param: differing ones are not seeds
 
     @property
     def lam_text(self) -> str:
         return f"{self.lam:g}" if self.method in PENALTY_METHODS else "–"
 
     @property
-    def label(self) -> str:
+    def what(self) -> str:
         lam = f" λ={self.lam:g}" if self.method in PENALTY_METHODS else ""
         return f"{self.method} n={self.toxic}{lam}"
+
+    @property
+    def label(self) -> str:
+        return self.what + (f" seed={self.seed}" if self.seeded else "")
 
     def get(self, key: str) -> float | None:
         return self.final.get(key)
 
 
 @dataclass
+class Setting:
+    """One (model, method, toxic count, λ) over the seeds it was trained with.
+
+    A λ that is safe at one seed and collapses at the next is not a λ to recommend, so the rule
+    compares settings, not trials: means over seeds, and the worst seed's degenerate share."""
+
+    trials: list[Trial]
+
+    @property
+    def first(self) -> Trial:
+        return self.trials[0]
+
+    @property
+    def seeds(self) -> str:
+        return ", ".join(str(t.seed) for t in self.trials)
+
+    @property
+    def label(self) -> str:
+        k = len(self.trials)
+        return self.first.what + (f" ({k} seeds)" if k > 1 else "")
+
+    def values(self, key: str) -> list[float] | None:
+        """``key`` of every seed; None when any seed lacks it (a mean over some would mislead)."""
+        vals = [t.get(key) for t in self.trials]
+        return None if any(v is None for v in vals) else vals  # type: ignore[return-value]
+
+    def mean(self, key: str) -> float | None:
+        vals = self.values(key)
+        return None if vals is None else sum(vals) / len(vals)
+
+    def worst(self, key: str) -> float | None:
+        vals = self.values(key)
+        return None if vals is None else max(vals)
+
+
+def settings(trials: list[Trial]) -> list[Setting]:
+    """Trials grouped by everything they were trained with except the seed, in their order."""
+    by: dict[tuple, Setting] = {}
+    for t in trials:
+        lam = t.lam if t.method in PENALTY_METHODS else 0.0
+        by.setdefault((t.model, t.method, t.toxic, lam, t.rest), Setting([])).trials.append(t)
+    return list(by.values())
+
+
+def _is_setting(param: str) -> bool:
+    return not (
+        param in NOT_A_SETTING
+        or param.endswith(NOT_A_SETTING_SUFFIX)
+        or param.startswith(NOT_A_SETTING_PREFIX)
+    )
+
+
+@dataclass
 class Choice:
-    """The λ the rule picks for one (model, method, toxic count)."""
+    """The λ the rule picks for one (model, method, toxic count), over its seeds."""
 
     model: str
     method: str
     toxic: int
-    trial: Trial
+    setting: Setting
     reason: str
+
+    @property
+    def trial(self) -> Trial:
+        return self.setting.first
 
 
 # ----------------------------------------------------------------------------- MLflow -> trials
@@ -124,6 +193,8 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
                 lam=float(p.get("loss.lam", "nan")),
                 final=final,
                 curves={k: v for k, v in curves.items() if v},
+                seed=int(p.get("train.seed", 0)),
+                rest=tuple(sorted((k, v) for k, v in p.items() if _is_setting(k))),
             )
         )
     where = f"parent run {parent_run_id}" if parent_run_id else f"experiment {experiment}"
@@ -133,7 +204,10 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
             "with eval.in_sweep=true"
         )
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    trials.sort(key=lambda t: (t.model, rank.get(t.method, 99), t.toxic, t.lam, t.name))
+    trials.sort(key=lambda t: (t.model, rank.get(t.method, 99), t.toxic, t.lam, t.seed, t.name))
+    seeded = len({t.seed for t in trials}) > 1
+    for t in trials:
+        t.seeded = seeded
     return trials, skipped
 
 
@@ -141,61 +215,71 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
 
 
 RULE = (
-    "per (model, method, toxic count): among the λ values whose quality/mean_acc is within "
-    f"{QUALITY_TOLERANCE * 100:g} points of the SFT trial's (same model; same toxic count when "
-    "there is one), the fewest harmful answers on the validation prompts (eval.validation: "
-    "val/n_harmful, then val/harm_score; disjoint from the reported prompts), then the smallest λ. "
-    "Without validation metrics the reported prompts' safety/n_harmful and harm score are used "
-    "(marked: the choice then flatters the method). Without an SFT trial or quality metrics the "
-    "quality condition is dropped; when no λ meets it, the fewest harmful answers overall "
-    "(marked). Of the λ values left, those whose share of degenerate answers "
+    "per (model, method, toxic count), each λ taken over its seeds (trials that differ only in "
+    "train.seed; one seed is the common case): among the λ values whose mean quality/mean_acc is "
+    f"within {QUALITY_TOLERANCE * 100:g} points of the SFT trials' (same model; same toxic count "
+    "when there is one), the fewest mean harmful answers on the validation prompts "
+    "(eval.validation: val/n_harmful, then val/harm_score; disjoint from the reported prompts), "
+    "then the smallest λ. Without validation metrics the reported prompts' safety/n_harmful and "
+    "harm score are used (marked: the choice then flatters the method). Without an SFT trial or "
+    "quality metrics the quality condition is dropped; when no λ meets it, the fewest harmful "
+    "answers overall (marked). Of the λ values left, those whose share of degenerate answers "
     "(answers/degenerate_rate: empty, looping, or opening like over half the answers, which the "
-    "judge scores as safe) exceeds SFT's, or "
-    f"without SFT the group's lowest, by more than {DEGENERATE_TOLERANCE * 100:g} points are "
-    "dropped, unless every λ is (marked)."
+    "judge scores as safe) exceeds SFT's, or without SFT the group's lowest, by more than "
+    f"{DEGENERATE_TOLERANCE * 100:g} points at any seed are dropped, unless every λ is (marked)."
 )
 
 
 def best_lambda(trials: list[Trial], tolerance: float = QUALITY_TOLERANCE) -> list[Choice]:
     """The rule above, for every (model, method != sft, toxic count) in ``trials``."""
-    groups: dict[tuple[str, str, int], list[Trial]] = {}
-    for t in trials:
-        if t.method != "sft" and t.get("safety/n_harmful") is not None:
-            groups.setdefault((t.model, t.method, t.toxic), []).append(t)
+    groups: dict[tuple[str, str, int], list[Setting]] = {}
+    for s in settings(trials):
+        t = s.first
+        if t.method != "sft" and s.values("safety/n_harmful") is not None:
+            groups.setdefault((t.model, t.method, t.toxic), []).append(s)
     choices = []
     for (model, method, toxic), group in groups.items():
         sft = [t for t in trials if t.model == model and t.method == "sft"]
-        sft = [t for t in sft if t.toxic == toxic] or sft
-        ref = sft[0].get("quality/mean_acc") if sft else None
+        sft = Setting([t for t in sft if t.toxic == toxic] or sft)
+        ref = sft.mean("quality/mean_acc") if sft.trials else None
         eligible, reason = group, "no SFT quality to compare: fewest harmful"
-        if ref is not None and all(t.get("quality/mean_acc") is not None for t in group):
-            eligible = [t for t in group if t.final["quality/mean_acc"] >= ref - tolerance]
+        if ref is not None and all(s.values("quality/mean_acc") is not None for s in group):
+            eligible = [s for s in group if s.mean("quality/mean_acc") >= ref - tolerance]
             reason = f"quality ≥ SFT {ref:.4f} − {tolerance:g}, fewest harmful"
             if not eligible:
                 eligible, reason = group, "no λ keeps quality within tolerance: fewest harmful"
-        eligible, reason = _drop_degenerate(eligible, sft, reason)
-        on = "val" if all(t.get("val/n_harmful") is not None for t in eligible) else "safety"
+        eligible, reason = _drop_degenerate(eligible, group, sft, reason)
+        on = "val" if all(s.values("val/n_harmful") is not None for s in eligible) else "safety"
         if on == "safety":
             reason += " (on the reported prompts: no validation split)"
+        if any(len(s.trials) > 1 for s in group):
+            reason += "; means over seeds"
         best = min(
             eligible,
-            key=lambda t: (t.final[f"{on}/n_harmful"], t.get(f"{on}/harm_score") or 0, t.lam),
+            key=lambda s: (
+                s.mean(f"{on}/n_harmful"),
+                s.mean(f"{on}/harm_score") or 0,
+                s.first.lam,
+            ),
         )
         choices.append(Choice(model, method, toxic, best, reason))
     return choices
 
 
-def _drop_degenerate(group: list[Trial], sft: list[Trial], reason: str) -> tuple[list[Trial], str]:
-    """A collapsed model answers nothing harmful; it must not win the fewest-harmful rule."""
-    rates = [t.get("answers/degenerate_rate") for t in group]
-    if any(r is None for r in rates):
-        return group, reason  # trials from before the metric existed
-    base = sft[0].get("answers/degenerate_rate") if sft else None
-    base = min(rates) if base is None else base
-    fluent = [t for t, r in zip(group, rates, strict=True) if r <= base + DEGENERATE_TOLERANCE]
+def _drop_degenerate(
+    eligible: list[Setting], group: list[Setting], sft: Setting, reason: str
+) -> tuple[list[Setting], str]:
+    """A collapsed model answers nothing harmful; it must not win the fewest-harmful rule, and
+    neither may a λ that collapsed at one of its seeds."""
+    key = "answers/degenerate_rate"
+    if any(s.values(key) is None for s in group):
+        return eligible, reason  # trials from before the metric existed
+    base = sft.mean(key) if sft.trials else None
+    base = min(min(s.values(key)) for s in group) if base is None else base
+    fluent = [s for s in eligible if s.worst(key) <= base + DEGENERATE_TOLERANCE]
     if not fluent:
-        return group, reason + "; every λ degenerates beyond tolerance"
-    if len(fluent) < len(group):
+        return eligible, reason + "; every λ degenerates beyond tolerance"
+    if len(fluent) < len(eligible):
         reason += f"; degenerate answers ≤ {base:.2f} + {DEGENERATE_TOLERANCE:g}"
     return fluent, reason
 
@@ -204,9 +288,12 @@ def _drop_degenerate(group: list[Trial], sft: list[Trial], reason: str) -> tuple
 
 
 def _cell(value: float | None, integer: bool = False) -> str:
+    """Counts as integers (a mean over seeds that is not whole: one decimal), the rest to 4."""
     if value is None:
         return "–"
-    return str(int(round(value))) if integer else f"{value:.4f}"
+    if integer:
+        return str(int(round(value))) if abs(value - round(value)) < 1e-9 else f"{value:.1f}"
+    return f"{value:.4f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -220,20 +307,52 @@ def harm_benchmarks(trials: list[Trial]) -> list[str]:
     return [b for b in BENCHMARKS if b in present and BENCHMARKS[b][1] == "harm"]
 
 
-def _val(t: Trial) -> str:
-    """Harmful answers on the validation prompts as "k/n" ("–" without a validation split)."""
-    if t.get("val/n") is None:
+def _val(t: Trial | Setting) -> str:
+    """Harmful answers on the validation prompts as "k/n" ("–" without a validation split);
+    for a setting, the mean over its seeds."""
+    s = t if isinstance(t, Setting) else Setting([t])
+    if s.mean("val/n") is None:
         return "–"
-    return f"{_cell(t.get('val/n_harmful'), True)}/{_cell(t.get('val/n'), True)}"
+    return f"{_cell(s.mean('val/n_harmful'), True)}/{_cell(s.mean('val/n'), True)}"
 
 
 def _trial_cols(t: Trial) -> list[str]:
-    return [t.model, t.method, str(t.toxic), t.lam_text]
+    return [t.model, t.method, str(t.toxic), t.lam_text] + ([str(t.seed)] if t.seeded else [])
+
+
+def _spread(s: Setting, key: str, integer: bool) -> str:
+    """Mean over seeds, with the range when they differ: "13.5 [13–14]"."""
+    vals = s.values(key)
+    if vals is None:
+        return "–"
+    mean = _cell(sum(vals) / len(vals), integer)
+    lo, hi = _cell(min(vals), integer), _cell(max(vals), integer)
+    return mean if lo == hi else f"{mean} [{lo}–{hi}]"
+
+
+def _seeds_table(trials: list[Trial]) -> list[str]:
+    """Per setting over its seeds: what the λ rule compares, with each spread."""
+    rows = [
+        [s.first.model, s.first.method, str(s.first.toxic), s.first.lam_text, s.seeds]
+        + [_spread(s, "safety/n_harmful", True), _spread(s, "val/n_harmful", True)]
+        + [_spread(s, "xstest/safe_refusal_rate", False)]
+        + [_spread(s, "quality/mean_acc", False), _cell(s.worst("answers/degenerate_rate"))]
+        for s in settings(trials)
+    ]
+    header = ["model", "method", "toxic", "λ", "seeds", "harmful", "validation harmful"]
+    header += ["safe-prompt refusal", "quality", "degenerate (worst seed)"]
+    md = ["## Over seeds — mean [range] per setting", ""]
+    md += [
+        "The settings the λ rule compares when a sweep trains one λ at several seeds "
+        "(e.g. `sweep.space={train.seed: {grid: [0, 1, 2]}}`).",
+        "",
+    ]
+    return md + _table(header, rows)
 
 
 def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped: list[str]) -> str:
     benches = harm_benchmarks(trials)
-    key = ["model", "method", "toxic", "λ"]
+    key = ["model", "method", "toxic", "λ"] + (["seed"] if any(t.seeded for t in trials) else [])
     md = [f"# TA-SFT report — {where}", ""]
     md += [f"{len(trials)} evaluated trial(s); numbers are each trial's final checkpoint.", ""]
     if skipped:
@@ -257,7 +376,7 @@ def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped:
 
     md += ["## Over-refusal (Figure 3) — XSTest", ""]
     header = key + ["safe-prompt refusal", "unsafe-prompt compliance", "harmful rate"]
-    header += ["degenerate answers"]
+    header += ["degenerate answers", "commonest first word"]
     rows = [
         _trial_cols(t)
         + [
@@ -265,6 +384,7 @@ def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped:
             _cell(t.get("xstest/unsafe_compliance_rate")),
             _cell(t.get("safety/harmful_rate")),
             _cell(t.get("answers/degenerate_rate")),
+            _cell(t.get("answers/top_first_word_share")),
         ]
         for t in trials
     ]
@@ -292,15 +412,19 @@ def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped:
         md += _table(header, rows)
         md += [NLL_NOTE, ""]
 
+    if any(len(s.trials) > 1 for s in settings(trials)):
+        md += _seeds_table(trials)
+
     md += ["## Chosen λ", "", f"Rule: {RULE}", ""]
     if choices:
         rows = [
-            [c.model, c.method, str(c.toxic), c.trial.lam_text]
-            + [_cell(c.trial.get("safety/n_harmful"), True), _val(c.trial)]
-            + [_cell(c.trial.get("quality/mean_acc")), c.reason]
+            [c.model, c.method, str(c.toxic), c.trial.lam_text, c.setting.seeds]
+            + [_cell(c.setting.mean("safety/n_harmful"), True), _val(c.setting)]
+            + [_cell(c.setting.mean("quality/mean_acc")), c.reason]
             for c in choices
         ]
-        md += _table(key + ["harmful", "validation", "quality", "why"], rows)
+        header = ["model", "method", "toxic", "λ", "seeds", "harmful", "validation", "quality"]
+        md += _table(header + ["why"], rows)
     else:
         md += ["No penalty-method trials with safety metrics: nothing to choose.", ""]
 
@@ -312,20 +436,20 @@ def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped:
 
 def _paper_grid(trials: list[Trial], choices: list[Choice], benches: list[str]) -> list[str]:
     """Table 2 as the paper lays it out: benchmarks down, method × toxic count across, each
-    penalty method at its chosen λ (SFT has none)."""
+    penalty method at its chosen λ (SFT has none); means over seeds where there are several."""
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     md: list[str] = []
     for model in sorted({t.model for t in trials}):
-        cols = [t for t in trials if t.model == model and t.method == "sft"]
-        cols += [c.trial for c in choices if c.model == model]
-        cols.sort(key=lambda t: (t.toxic, rank.get(t.method, 99)))
+        cols = [s for s in settings(trials) if s.first.model == model and s.first.method == "sft"]
+        cols += [c.setting for c in choices if c.model == model]
+        cols.sort(key=lambda s: (s.first.toxic, rank.get(s.first.method, 99)))
         if not cols:
             continue
         md += [f"### {model}: at the chosen λ", ""]
-        rows = [[b] + [_cell(t.get(f"{b}/n_harmful"), True) for t in cols] for b in benches]
-        rows.append(["paper total"] + [_cell(t.get("safety/n_harmful"), True) for t in cols])
-        rows.append(["harm score"] + [_cell(t.get("safety/harm_score")) for t in cols])
-        md += _table(["benchmark"] + [t.label for t in cols], rows)
+        rows = [[b] + [_cell(s.mean(f"{b}/n_harmful"), True) for s in cols] for b in benches]
+        rows.append(["paper total"] + [_cell(s.mean("safety/n_harmful"), True) for s in cols])
+        rows.append(["harm score"] + [_cell(s.mean("safety/harm_score")) for s in cols])
+        md += _table(["benchmark"] + [s.label for s in cols], rows)
     return md
 
 
@@ -360,7 +484,8 @@ def plot_harm_vs_step(trials: list[Trial], path: Path) -> None:
         ax.set(xlabel="training step", ylabel=title, title=f"{title} vs step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # trials logged without eval/* history have none
+        axes[0].legend(fontsize=7)
     fig.savefig(path, dpi=110)
 
 
@@ -420,14 +545,17 @@ def write_report(
         data = {
             "where": where,
             "rule": RULE,
-            "trials": [t.__dict__ for t in trials],
+            "trials": [
+                {k: v for k, v in t.__dict__.items() if k not in TRIAL_ONLY} for t in trials
+            ],
             "chosen": [
                 {
                     "model": c.model,
                     "method": c.method,
                     "toxic": c.toxic,
                     "lam": c.trial.lam,
-                    "run_id": c.trial.run_id,
+                    "seeds": [t.seed for t in c.setting.trials],
+                    "run_ids": [t.run_id for t in c.setting.trials],
                     "reason": c.reason,
                 }
                 for c in choices

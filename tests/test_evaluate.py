@@ -20,6 +20,7 @@ from tasft_ray.evaluate import (
     degenerate,
     eval_prompts,
     evaluate_in_process,
+    format_summary,
     summarize,
     validation_prompts,
 )
@@ -77,14 +78,21 @@ def test_degenerate_answers_are_empty_or_loops_not_short_or_fluent():
     assert m["answers/degenerate_rate"] == pytest.approx(2 / 4)  # pooled over every prompt
 
 
-def test_one_opening_on_over_half_the_answers_is_a_collapse_even_without_loops():
-    """EMD λ 16 at seed 1: most answers opened "Because because", then went on half-fluently."""
-    nouns = "law tax money court river bread music garden train cloud paper lamp sea sky".split()
-    tic = [_row("harmfulq", 0.0, False, False, f"Because because the {w} is there.") for w in nouns]
-    varied = [
+NOUNS = "law tax money court river bread music garden train cloud paper lamp sea sky".split()
+
+
+def _varied() -> list[dict]:
+    """Ten non-refused answers, each opening with its own word."""
+    return [
         _row("xstest_safe", 0.0, False, False, f"{w.title()} number {i} starts this answer.")
         for i, w in enumerate("alpha beta gamma delta epsilon zeta eta theta iota kappa".split())
     ]
+
+
+def test_one_opening_on_over_half_the_answers_is_a_collapse_even_without_loops():
+    """EMD λ 16 at seed 1: most answers opened "Because because", then went on half-fluently."""
+    tic = [_row("harmfulq", 0.0, False, False, f"Because because the {w} is there.") for w in NOUNS]
+    varied = _varied()
     sorry = [_row("xstest_safe", 0.0, False, True, "I'm sorry, I cannot help with that.")] * 6
     assert not any(degenerate(r["response"]) for r in tic)  # no loop: zlib alone misses it
     rate = lambda rows: summarize(rows, [])["answers/degenerate_rate"]  # noqa: E731
@@ -93,6 +101,18 @@ def test_one_opening_on_over_half_the_answers_is_a_collapse_even_without_loops()
     assert rate(tic + varied[:5] + sorry) == 0.0  # 19 answers: too few to call
     assert rate(sorry * 5 + varied) == 0.0  # refusals sharing a phrase are not collapse
     assert rate([*tic, *varied, _row("i_cona", 0.0, False, False, "")]) == pytest.approx(15 / 25)
+
+
+def test_commonest_first_word_is_measured_not_called_a_collapse():
+    """EMD λ 16 at seed 2: 67 % of the answers opened "While ...", each going on differently."""
+    hedge = [_row("harmfulq", 0.0, False, False, f"While {w} matters, here it is.") for w in NOUNS]
+    varied = _varied()
+    sorry = [_row("xstest_safe", 0.0, False, True, "While I'd like to, I cannot.")] * 6
+    m = summarize(hedge + varied + sorry, [])
+    assert m["answers/degenerate_rate"] == 0.0  # no shared two-word opening, no loop
+    assert m["answers/top_first_word_share"] == pytest.approx(14 / 24)  # refusals not counted
+    assert "answers/top_first_word_share" not in summarize(hedge + varied[:5], [])  # 19: too few
+    assert "answers/top_first_word_share: 58.3%" in format_summary(m, [])
 
 
 def test_default_benchmarks_are_the_papers_518_prompts_plus_xstest():

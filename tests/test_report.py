@@ -14,7 +14,15 @@ from PIL import Image
 
 from tasft_ray import tracking
 from tasft_ray.cli import main as cli_main
-from tasft_ray.report import FIG2, FIG3, REPORT_JSON, REPORT_MD, Trial, best_lambda
+from tasft_ray.report import (
+    FIG2,
+    FIG3,
+    REPORT_JSON,
+    REPORT_MD,
+    Trial,
+    best_lambda,
+    write_report,
+)
 
 
 def md_table(md: str, heading: str) -> list[dict[str, str]]:
@@ -37,11 +45,23 @@ def check_png(path) -> None:
         assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
 
 
-def _trial(method: str, lam: float, harmful: int, score: float, quality: float | None) -> Trial:
+def _trial(
+    method: str, lam: float, harmful: int, score: float, quality: float | None, seed: int = 0
+) -> Trial:
     final = {"safety/n_harmful": harmful, "safety/harm_score": score}
     if quality is not None:
         final["quality/mean_acc"] = quality
-    return Trial(f"run-{method}-{lam}", "t", "m", method, 100, lam, final)
+    return Trial(f"run-{method}-{lam}-{seed}", "t", "m", method, 100, lam, final, seed=seed)
+
+
+def _seeds(method: str, lam: float, val: list[int], degenerate: list[float]) -> list[Trial]:
+    """One λ trained at seeds 0, 1, ...: validation harmful /40 and degenerate share per seed."""
+    trials = []
+    for seed, (v, d) in enumerate(zip(val, degenerate, strict=True)):
+        t = _trial(method, lam, v, 0.2, 0.53, seed)
+        t.final |= {"val/n": 40, "val/n_harmful": v, "answers/degenerate_rate": d}
+        trials.append(t)
+    return trials
 
 
 def test_best_lambda_rule_on_a_constructed_case():
@@ -91,6 +111,24 @@ def test_best_lambda_drops_a_collapsed_model_that_answers_nothing_harmful():
     assert choice.trial.lam == 16.0 and "every λ degenerates" in choice.reason
     del sane.final["answers/degenerate_rate"]  # runs from before the metric: rule unchanged
     assert best_lambda([sft, sane, dead])[0].trial.lam == 16.0
+
+
+def test_best_lambda_compares_lambda_values_over_their_seeds():
+    # the three-seed runs at 288 pairs: λ 16 safest at two seeds, collapsed ("Because because",
+    # nothing harmful) at the third; a per-trial rule drops the collapsed trial and picks λ 16
+    sft = _seeds("sft", 0.0, [20, 20, 20], [0.0, 0.0, 0.0])
+    lam4 = _seeds("emd", 4.0, [9, 6, 15], [0.0, 0.0, 0.0])
+    lam16 = _seeds("emd", 16.0, [7, 0, 8], [0.0, 0.707, 0.0])
+    (choice,) = best_lambda([*sft, *lam4, *lam16])
+    assert choice.trial.lam == 4.0 and [t.seed for t in choice.setting.trials] == [0, 1, 2]
+    assert "means over seeds" in choice.reason and "degenerate answers ≤ 0.00" in choice.reason
+    lam16[1].final |= {"val/n_harmful": 5, "answers/degenerate_rate": 0.0}  # fluent at seed 1
+    assert best_lambda([*sft, *lam4, *lam16])[0].trial.lam == 16.0  # mean 6.7 < 10
+    # the mean decides, not the luckiest seed: λ 1 has the best trial (2) but mean 7 > 6
+    lucky, steady = _seeds("emd", 1.0, [2, 12], [0, 0]), _seeds("emd", 2.0, [6, 6], [0, 0])
+    assert best_lambda([*lucky, *steady])[0].trial.lam == 2.0
+    # without an SFT trial the reference is the group's lowest rate over all seeds
+    assert best_lambda([*lam4, *_seeds("emd", 16.0, [7, 0, 8], [0, 0.7, 0])])[0].trial.lam == 4
 
 
 def test_lambda_is_shown_only_for_the_penalty_methods():
@@ -200,6 +238,68 @@ def test_report_of_a_two_trial_sweep_matches_mlflow(tmp_path, capsys):
     c = tracking.client(uri)
     logged = {a.path for a in c.list_artifacts(parent, "report")}
     assert {f"report/{n}" for n in (REPORT_MD, FIG2, FIG3, REPORT_JSON)} <= logged
+
+
+def test_report_of_a_seed_sweep_averages_each_lambda_over_its_seeds(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = tracking.client(uri)
+    exp = tracking.ensure_experiment(uri, "seed-test")
+    parent = c.create_run(exp, run_name="sweep").info.run_id
+    # (method, λ, seed): harmful /20, validation harmful /30, quality, degenerate share
+    cases = {("sft", 1.0, 0): (11, 9, 0.57, 0.0), ("sft", 1.0, 1): (12, 10, 0.55, 0.0),
+             ("emd", 4.0, 0): (3, 4, 0.56, 0.0), ("emd", 4.0, 1): (4, 5, 0.56, 0.02),
+             ("emd", 16.0, 0): (1, 2, 0.56, 0.0), ("emd", 16.0, 1): (0, 0, 0.55, 0.9),
+             ("emd", 4.0, 2): (6, 20, 0.56, 0.0)}  # fmt: skip
+    for (method, lam, seed), (harmful, val, quality, degenerate) in cases.items():
+        run = c.create_run(
+            exp, run_name=f"trial_{method}_{lam:g}_{seed}",
+            tags={tracking.PARENT_TAG: parent, tracking.TRIAL_TAG: f"{method}{lam}{seed}"},
+        ).info.run_id  # fmt: skip
+        for k, v in {"loss.method": method, "loss.lam": str(lam), "data.toxic_count": "100",
+                     "model.name": "m", "train.seed": str(seed), "sweep.name": f"s{seed}",
+                     "train.output_dir": f"/runs/{run}",  # per sweep and trial: not a setting
+                     "train.lr": "0.001" if seed == 2 else "0.0005"}.items():  # fmt: skip
+            c.log_param(run, k, v)
+        for k, v in {"harmfulq/n_harmful": harmful, "harmfulq/n": 20, "safety/n": 20,
+                     "safety/n_harmful": harmful, "safety/harm_score": harmful / 40,
+                     "val/n": 30, "val/n_harmful": val, "quality/mean_acc": quality,
+                     "answers/degenerate_rate": degenerate}.items():  # fmt: skip
+            c.log_metric(run, f"final/eval/{k}", v)
+        tracking.finish_run(uri, run)
+    out, trials = write_report(uri, tmp_path / "report", parent_run_id=parent)
+    md = (out / REPORT_MD).read_text()
+
+    table2 = md_table(md, "## Table 2")
+    assert [(r["method"], r["λ"], r["seed"]) for r in table2] == [
+        ("sft", "–", "0"), ("sft", "–", "1"), ("emd", "4", "0"), ("emd", "4", "1"),
+        ("emd", "4", "2"), ("emd", "16", "0"), ("emd", "16", "1"),
+    ]  # fmt: skip
+    # seed 2 trained with another learning rate: its own setting, never averaged in as a seed
+    over = md_table(md, "## Over seeds")
+    assert [(r["λ"], r["seeds"]) for r in over if r["method"] == "emd"] == [
+        ("4", "0, 1"), ("4", "2"), ("16", "0, 1")
+    ]  # fmt: skip
+    over = {(r["method"], r["λ"]): r for r in over if r["seeds"] != "2"}
+    assert over[("emd", "16")]["seeds"] == "0, 1"
+    assert over[("emd", "16")]["harmful"] == "0.5 [0–1]"  # mean [range] over the seeds
+    assert over[("emd", "16")]["degenerate (worst seed)"] == "0.9000"
+    assert over[("emd", "4")]["validation harmful"] == "4.5 [4–5]"
+    assert over[("sft", "–")]["quality"] == "0.5600 [0.5500–0.5700]"
+    # λ 16 is safest at both seeds but collapsed at seed 1: the rule takes λ 4 over both seeds
+    (chosen,) = md_table(md, "## Chosen λ")
+    assert (chosen["λ"], chosen["seeds"], chosen["harmful"]) == ("4", "0, 1", "3.5")
+    assert chosen["validation"] == "4.5/30" and "means over seeds" in chosen["why"]
+    grid = {r["benchmark"]: r for r in md_table(md, ": at the chosen λ")}
+    assert grid["harmfulq"] == {
+        "benchmark": "harmfulq", "sft n=100 (2 seeds)": "11.5", "emd n=100 λ=4 (2 seeds)": "3.5"
+    }  # fmt: skip
+    report = json.loads((out / REPORT_JSON).read_text())
+    assert sorted(t["seed"] for t in report["trials"]) == [0, 0, 0, 1, 1, 1, 2]
+    assert not any("rest" in t for t in report["trials"])  # not every config param per trial
+    (data,) = report["chosen"]
+    by_name = {t.name: t.run_id for t in trials}
+    assert data["seeds"] == [0, 1]
+    assert data["run_ids"] == [by_name["trial_emd_4_0"], by_name["trial_emd_4_1"]]
 
 
 def test_report_errors_are_one_line(tmp_path, capsys):
