@@ -105,7 +105,9 @@ def test_best_lambda_drops_a_collapsed_model_that_answers_nothing_harmful():
     (choice,) = best_lambda([sft, sane, dead])
     assert choice.trial.lam == 4.0 and "degenerate answers ≤ 0.01" in choice.reason
     (choice,) = best_lambda([sane, dead])  # no SFT: against the group's lowest rate
-    assert choice.trial.lam == 4.0
+    assert choice.trial.lam == 4.0 and "no SFT trial" not in choice.reason
+    (choice,) = best_lambda([dead])  # one λ, no SFT: nothing to compare against, so flagged
+    assert "100% degenerate answers and no SFT trial to compare" in choice.reason
     sane.final["answers/degenerate_rate"] = 0.5  # every λ beyond SFT's: fewest harmful, marked
     (choice,) = best_lambda([sft, sane, dead])
     assert choice.trial.lam == 16.0 and "every λ degenerates" in choice.reason
