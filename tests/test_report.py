@@ -6,6 +6,7 @@ runs are logged by hand to a real sqlite MLflow so every number in the report is
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from tasft_ray import tracking
 from tasft_ray.cli import main as cli_main
+from tasft_ray.config import load_config
 from tasft_ray.report import (
     FIG2,
     FIG3,
@@ -21,8 +23,11 @@ from tasft_ray.report import (
     REPORT_MD,
     Trial,
     best_lambda,
+    load_trials,
+    settings,
     write_report,
 )
+from tasft_ray.tune import trial_overrides
 
 
 def md_table(md: str, heading: str) -> list[dict[str, str]]:
@@ -302,6 +307,29 @@ def test_report_of_a_seed_sweep_averages_each_lambda_over_its_seeds(tmp_path):
     by_name = {t.name: t.run_id for t in trials}
     assert data["seeds"] == [0, 1]
     assert data["run_ids"] == [by_name["trial_emd_4_0"], by_name["trial_emd_4_1"]]
+
+
+def test_trials_of_a_seed_sweep_differ_only_in_their_seed(tmp_path):
+    """Each trial logs its whole config (tune.run_trial's path): everything but the seed and
+    where it wrote must match for the report to take two trials as seeds of one setting."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = load_config(
+        "tiny",
+        [
+            "sweep.space={train.seed: {grid: [0, 1]}}",
+            "sweep.cases=[{loss.method: emd, loss.lam: 4.0}, {loss.method: emd, loss.lam: 16.0}]",
+        ],
+    )
+    c = tracking.client(uri)
+    parent = c.create_run(tracking.ensure_experiment(uri, base.tracking.experiment)).info.run_id
+    for i, (case, seed) in enumerate(itertools.product(base.sweep.cases, (0, 1))):
+        cfg = base.with_overrides(trial_overrides({"train.seed": seed, "case": case}))
+        cfg = cfg.with_overrides({"train.output_dir": str(tmp_path / f"trial_{i}")})
+        run = tracking.child_run(uri, cfg, parent, f"t{i}", f"trial_{i}")
+        c.log_metric(run, "final/eval/safety/n_harmful", i)
+    trials, _ = load_trials(uri, parent)
+    assert [(s.first.lam, s.seeds) for s in settings(trials)] == [(4.0, "0, 1"), (16.0, "0, 1")]
+    assert all(t.seeded for t in trials)
 
 
 def test_report_errors_are_one_line(tmp_path, capsys):
