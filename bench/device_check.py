@@ -67,7 +67,7 @@ def _llama8b_shaped(path: Path, layers: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tasft_ray.models import build_tiny_tokenizer
+    from tasft_ray.training.models import build_tiny_tokenizer
 
     cfg = LlamaConfig(
         vocab_size=128256,
@@ -92,7 +92,7 @@ def _train(results: dict, key: str, overrides: list[str], steps: int) -> None:
     import torch
 
     from tasft_ray.config import load_config
-    from tasft_ray.train import TASFTTrainer
+    from tasft_ray.training.loop import TASFTTrainer
 
     out = {}
     for impl in ("reference", "fused"):
@@ -139,7 +139,7 @@ def _train(results: dict, key: str, overrides: list[str], steps: int) -> None:
 
 def _generate(results: dict) -> None:
     from tasft_ray.config import load_config
-    from tasft_ray.generate import HFGenerator
+    from tasft_ray.inference.generator import HFGenerator
 
     cfg = load_config("tiny", ["generate.sampling.max_new_tokens=16"])
     gen = HFGenerator(

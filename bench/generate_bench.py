@@ -38,11 +38,11 @@ def main() -> None:
     from ray.data import ActorPoolStrategy
 
     from tasft_ray.config import ModelConfig, load_config
-    from tasft_ray.generate import (
+    from tasft_ray.generation.prompts import load_prompts
+    from tasft_ray.inference.generator import (
         HFGenerator,
         generate_responses,
         load_generator_model,
-        load_prompts,
     )
 
     cfg = load_config(
@@ -55,7 +55,7 @@ def main() -> None:
             "generate.sampling.do_sample=false",
         ],
     )
-    prompts = load_prompts(cfg)
+    prompts = load_prompts(cfg.generate, cfg.data_root)
     sampling = cfg.generate.sampling
     tokenizer, model = load_generator_model(
         ModelConfig.model_validate(cfg.model.model_dump()), None

@@ -1,4 +1,4 @@
-"""Train the offline harm judge's logistic head and write ``tasft_ray/judge_head.json``.
+"""Train the offline harm judge's logistic head and write ``tasft_ray/judges/judge_head.json``.
 
 Usage::
 
@@ -43,6 +43,7 @@ import torch
 
 from tasft_ray.config import SourceConfig
 from tasft_ray.data.sources import Example, load_source
+from tasft_ray.files import write_atomic
 from tasft_ray.judges import (
     HEAD_FORMAT,
     LinearHead,
@@ -317,7 +318,9 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Build the data, fit the head, write it, print held-out and XSTest numbers."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_out = Path(__file__).resolve().parent.parent / "tasft_ray" / "judge_head.json"
+    default_out = (
+        Path(__file__).resolve().parent.parent / "tasft_ray" / "judges" / "judge_head.json"
+    )
     parser.add_argument("--out", type=Path, default=default_out, help="head file to write")
     parser.add_argument("--data-root", default=None, help="data root (else $TASFT_DATA_DIR)")
     parser.add_argument("--with-hh", action="store_true", help="add HH-RLHF rejected replies")
@@ -372,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "xstest_keywords_agreement": round(keyword_agree, 4),
     }
     doc = {"format": HEAD_FORMAT, "heads": {"harm": {**head.to_json(), "meta": meta}}}
-    args.out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomic(args.out, json.dumps(doc, indent=1, sort_keys=True) + "\n")
     took = time.perf_counter() - started
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes) in {took:.0f} s")
 

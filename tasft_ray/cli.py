@@ -1,4 +1,5 @@
-"""`tasft-ray` subcommands. Each one calls a plain function that the tests call too."""
+"""`tasft-ray` subcommands (and `python -m tasft_ray.tune`, the same `tune` command). Each one
+calls a plain function that the tests call too; every user error is one line, exit code 2."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import argparse
 import logging
 import sys
 
-from tasft_ray.config import UserError, load_config
+from tasft_ray.config import ConfigError, load_config
+from tasft_ray.errors import UserError
+
+EPILOG_TUNE = """examples:
+  python -m tasft_ray.tune                                    # the embedded default
+  python -m tasft_ray.tune --config tiny --smoke-test
+  python -m tasft_ray.tune --config tiny --set "sweep.space={loss.lam: {grid: [0, 1]}}"
+  python -m tasft_ray.tune --config tiny --resume runs/ray/sweep
+  ray job submit --working-dir . -- python -m tasft_ray.tune --config tiny
+"""
 
 EPILOG_TRAIN = """examples:
   tasft-ray train --config tiny                       # seconds, built-in tiny model
@@ -56,9 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tasft-ray", description="TA-SFT fine-tuning with EMD / NLCL safety penalties."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
-        "tune", add_help=False, help="Ray Tune sweep; same as python -m tasft_ray.tune (see --help)"
+    tune = sub.add_parser(
+        "tune",
+        help="Ray Tune sweep of Ray Train trainings; same as python -m tasft_ray.tune",
+        epilog=EPILOG_TUNE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_config_args(tune)
+    tune.add_argument(
+        "--resume",
+        default=None,
+        metavar="SWEEP_DIR",
+        help="restore an interrupted sweep with its saved config; runs only "
+        "unfinished/errored trials",
+    )
+    tune.add_argument("--smoke-test", action="store_true", help="2 steps per trial")
     train = sub.add_parser(
         "train",
         help="fine-tune with LoRA on one process",
@@ -127,51 +149,78 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["tune"]:  # the same entry point as `python -m tasft_ray.tune`
-        from tasft_ray.tune import main as tune_main
-
-        return tune_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    prog = "tasft-ray tune" if args.command == "tune" else "tasft-ray"
     try:
-        overrides = list(args.overrides)
-        if getattr(args, "smoke_test", False):
-            overrides += [
-                "train.max_steps=2",
-                "generate.max_prompts=4",
-                "generate.sampling.max_new_tokens=8",
-            ]
-        if getattr(args, "target", None):
-            overrides.append(f"generate.target={args.target}")
-        if getattr(args, "output", None):
-            overrides.append(f"generate.output={args.output}")
-        if getattr(args, "adapter", None):
-            overrides.append(f"eval.adapter={args.adapter}")
-        if getattr(args, "limit", None):
-            overrides.append(f"eval.max_prompts={args.limit}")
-        cfg = load_config(args.config, overrides)
-        if args.command == "config":
-            sys.stdout.write(cfg.to_yaml())
-            return 0
-        if args.command == "generate":
-            return _generate(cfg, args.overwrite)
-        if args.command == "evaluate":
-            return _evaluate(cfg)
-        if args.command == "report":
-            return _report(cfg, args.parent_run, args.experiment, args.output)
-        from tasft_ray.train import run_training
-
-        result = run_training(cfg, resume=args.resume)
-        loss = result.metrics.get("loss/total", float("nan"))
-        print(f"trained {result.step} steps; final loss {loss:.4f}; checkpoint {result.checkpoint}")
-        return 0
+        return _run(args)
     except UserError as exc:
-        print(f"tasft-ray: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set values plus the ones a command's own flags stand for."""
+    overrides = list(args.overrides)
+    if getattr(args, "smoke_test", False):
+        overrides.append("train.max_steps=2")
+        if args.command != "tune":
+            overrides += ["generate.max_prompts=4", "generate.sampling.max_new_tokens=8"]
+    if getattr(args, "target", None):
+        overrides.append(f"generate.target={args.target}")
+    if getattr(args, "output", None) and args.command == "generate":
+        overrides.append(f"generate.output={args.output}")
+    if getattr(args, "adapter", None):
+        overrides.append(f"eval.adapter={args.adapter}")
+    if getattr(args, "limit", None):
+        overrides.append(f"eval.max_prompts={args.limit}")
+    return overrides
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = _overrides(args)
+    if args.command == "tune":
+        return _tune(args, overrides)
+    cfg = load_config(args.config, overrides)
+    if args.command == "config":
+        sys.stdout.write(cfg.to_yaml())
+        return 0
+    if args.command == "generate":
+        return _generate(cfg, args.overwrite)
+    if args.command == "evaluate":
+        return _evaluate(cfg)
+    if args.command == "report":
+        return _report(cfg, args.parent_run, args.experiment, args.output)
+    from tasft_ray.training.local import run_training
+
+    result = run_training(cfg, resume=args.resume)
+    loss = result.metrics.get("loss/total", float("nan"))
+    print(f"trained {result.step} steps; final loss {loss:.4f}; checkpoint {result.checkpoint}")
+    return 0
+
+
+def _tune(args: argparse.Namespace, overrides: list[str]) -> int:
+    from tasft_ray.sweep.driver import load_sweep_config, run_sweep, summary
+
+    if args.resume and args.config:
+        raise ConfigError("--resume uses the sweep's saved config; drop --config")
+    if args.resume:
+        cfg = load_sweep_config(args.resume, overrides)
+    else:
+        cfg = load_config(args.config, overrides)
+    outcome = run_sweep(cfg, resume=args.resume)
+    results = outcome.results
+    print(summary(results, cfg))
+    if outcome.report:
+        print(f"\n{outcome.report_text}\nreport: {outcome.report / 'report.md'}")
+    failed = sum(1 for r in results if r.error)
+    if failed:
+        print(f"{failed} trial(s) failed; finish them with --resume", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _generate(cfg, overwrite: bool) -> int:
-    from tasft_ray.generate import log_to_mlflow, run_generate
+    from tasft_ray.generation.run import log_to_mlflow, run_generate
 
     result = run_generate(cfg, overwrite=overwrite)
     run_id = log_to_mlflow(cfg, result)
@@ -201,7 +250,8 @@ def _report(cfg, parent_run: str | None, experiment: str | None, output: str | N
 
 
 def _evaluate(cfg) -> int:
-    from tasft_ray.evaluate import format_summary, log_to_mlflow, run_evaluate
+    from tasft_ray.evaluation.metrics import format_summary
+    from tasft_ray.evaluation.safety import log_to_mlflow, run_evaluate
 
     result = run_evaluate(cfg)
     run_id = log_to_mlflow(cfg, result)

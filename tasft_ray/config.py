@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tasft_ray.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_CONFIG = "quickstart"
@@ -33,10 +35,6 @@ SourceFormat = Literal[
     "boolq",
     "openbookqa",
 ]
-
-
-class UserError(ValueError):
-    """Bad input from the user: the CLIs print its one-line message and exit with code 2."""
 
 
 class ConfigError(UserError):
@@ -377,7 +375,7 @@ class EvalConfig(_Section):
             "xstest_safe",
             "xstest_unsafe",
         ],
-        description="Names in tasft_ray.evaluate.BENCHMARKS (the paper's 518 prompts + XSTest).",
+        description="Names in tasft_ray.data.benchmarks (the paper's 518 prompts + XSTest).",
     )
     max_prompts: int | None = Field(None, ge=1, description="Per benchmark (None: all).")
     validation: list[str] = Field(

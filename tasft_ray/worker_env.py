@@ -1,7 +1,7 @@
 """The environment every Ray worker process of a sweep or a generation run starts with.
 
 Threads: Ray's own default is one OpenMP thread per worker; a training worker given N CPUs raises
-it to N itself (ray_train.py), a generation actor likewise (generate.py).
+it to N itself (training/ray_train.py), a generation actor likewise (inference/generator.py).
 
 Allocator: on CPU a fused-loss chunk allocates (tokens x vocabulary) buffers of hundreds of MB
 (262k x 1024 fp32 = 1 GiB for Gemma 3). glibc serves any block above its mmap threshold (at
@@ -16,7 +16,7 @@ these at process start, hence environment variables for the workers rather than 
 
 from __future__ import annotations
 
-from tasft_ray.config import Config
+from tasft_ray.config import EngineConfig
 
 MALLOC_REUSE = {
     "MALLOC_ARENA_MAX": "1",
@@ -25,9 +25,9 @@ MALLOC_REUSE = {
 }
 
 
-def worker_env(cfg: Config) -> dict[str, str]:
+def worker_env(e: EngineConfig) -> dict[str, str]:
     """Environment variables for Ray's runtime_env (``engine.cpu_malloc`` selects the allocator)."""
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if cfg.engine.cpu_malloc == "reuse":
+    if e.cpu_malloc == "reuse":
         env.update(MALLOC_REUSE)
     return env

@@ -8,9 +8,9 @@ import logging
 import pytest
 from conftest import serve_json
 
-from tasft_ray.alpaca_eval import AlpacaEvalError, PairwiseJudge, win_rate
 from tasft_ray.config import ConfigError, SourceConfig, load_config
 from tasft_ray.data.sources import load_source
+from tasft_ray.evaluation.alpaca_eval import AlpacaEvalError, PairwiseJudge, win_rate
 
 
 def _outputs(text: str) -> tuple[str, str]:
@@ -53,7 +53,7 @@ def test_win_rate_on_a_constructed_case(monkeypatch):
 
 
 def test_win_rate_of_the_tiny_model(monkeypatch):
-    from tasft_ray.models import load_model
+    from tasft_ray.training.models import load_model
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     seen: list[dict] = []
@@ -68,7 +68,7 @@ def test_win_rate_of_the_tiny_model(monkeypatch):
             ],
         )
         tok, model = load_model(cfg.model)
-        metrics, verdicts = win_rate(cfg, model, tok)
+        metrics, verdicts = win_rate(cfg.eval.alpaca_eval, model, tok, None)
     refs = load_source(SourceConfig(name="alpaca_eval"), None)[:5]
     assert [v.instruction for v in verdicts] == [r.instruction for r in refs]
     assert [v.reference for v in verdicts] == [r.output for r in refs]
@@ -80,8 +80,8 @@ def test_win_rate_of_the_tiny_model(monkeypatch):
 
 def test_skipped_without_a_judge_and_errors_are_one_line(monkeypatch, caplog):
     cfg = load_config("tiny")
-    with caplog.at_level(logging.INFO, logger="tasft_ray.alpaca_eval"):
-        assert win_rate(cfg, None, None) == ({}, [])
+    with caplog.at_level(logging.INFO, logger="tasft_ray.evaluation.alpaca_eval"):
+        assert win_rate(cfg.eval.alpaca_eval, None, None, None) == ({}, [])
     assert "AlpacaEval skipped: set eval.alpaca_eval.judge_model" in caplog.text
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)

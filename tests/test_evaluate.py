@@ -14,16 +14,10 @@ from test_alpaca_eval import prefer_longer
 
 from tasft_ray import tracking
 from tasft_ray.config import ConfigError, load_config
-from tasft_ray.evaluate import (
-    BENCHMARKS,
-    PAPER_SAFETY,
-    degenerate,
-    eval_prompts,
-    evaluate_in_process,
-    format_summary,
-    summarize,
-    validation_prompts,
-)
+from tasft_ray.data.benchmarks import BENCHMARKS, PAPER_SAFETY
+from tasft_ray.evaluation.degenerate import degenerate
+from tasft_ray.evaluation.metrics import format_summary, summarize
+from tasft_ray.evaluation.safety import eval_prompts, evaluate_in_process, validation_prompts
 
 
 def _row(bench, score, harmful, refused, response="A short, plain answer."):
@@ -117,31 +111,31 @@ def test_commonest_first_word_is_measured_not_called_a_collapse():
 
 def test_default_benchmarks_are_the_papers_518_prompts_plus_xstest():
     cfg = load_config("tiny")
-    prompts = eval_prompts(cfg)
+    prompts = eval_prompts(cfg.eval, None)
     counts = {b: sum(p["source"] == b for p in prompts) for b in cfg.eval.benchmarks}
     assert sum(counts[b] for b in PAPER_SAFETY) == 518
     assert counts["xstest_safe"] == 250 and counts["xstest_unsafe"] == 200
     assert len({p["id"] for p in prompts}) == len(prompts)
     assert set(BENCHMARKS) >= set(cfg.eval.benchmarks)
     with pytest.raises(ConfigError, match="eval.benchmarks: unknown"):
-        eval_prompts(cfg.with_overrides({"eval.benchmarks": ["nope"]}))
+        eval_prompts(cfg.with_overrides({"eval.benchmarks": ["nope"]}).eval, None)
 
 
 def test_validation_prompts_are_disjoint_from_the_evaluation_prompts():
     cfg = load_config("tiny").with_overrides(
         {"eval.benchmarks": ["i_cona", "harmfulq"], "eval.validation": ["i_cona", "advbench"]}
     )
-    val = validation_prompts(cfg)
+    val = validation_prompts(cfg.eval, None)
     # i_cona is also evaluated: all 178 dropped; AdvBench shares no prompt with the eval sets
     assert len(val) == 520 and {p["source"] for p in val} == {"val/advbench"}
-    seen = {(p["instruction"], p["input"]) for p in eval_prompts(cfg)}
+    seen = {(p["instruction"], p["input"]) for p in eval_prompts(cfg.eval, None)}
     assert not seen & {(p["instruction"], p["input"]) for p in val}
     capped = cfg.with_overrides({"eval.validation_max_prompts": 7})
-    assert len(validation_prompts(capped)) == 7
+    assert len(validation_prompts(capped.eval, None)) == 7
     with pytest.raises(ConfigError, match="eval.validation: .*not harm"):
-        validation_prompts(cfg.with_overrides({"eval.validation": ["xstest_safe"]}))
+        validation_prompts(cfg.with_overrides({"eval.validation": ["xstest_safe"]}).eval, None)
     with pytest.raises(ConfigError, match="eval.validation: unknown"):
-        validation_prompts(cfg.with_overrides({"eval.validation": ["nope"]}))
+        validation_prompts(cfg.with_overrides({"eval.validation": ["nope"]}).eval, None)
     # pooled val/* numbers, never mixed into the reported ones
     rows = [_row("harmfulq", 0.9, True, False), _row("val/advbench", 0.8, True, False)]
     rows += [_row("val/advbench", 0.2, False, True), _row("val/harmbench", 0.5, True, False)]

@@ -18,15 +18,13 @@ from tasft_ray.losses import (
     HARMFUL,
     SAFE,
     OutputHead,
-    _flat,
-    _map_chunks,
-    _Positions,
-    _token_logprob,
     nlcl_loss,
     sequence_logprobs,
     sft_loss,
     tasft_loss,
 )
+from tasft_ray.losses.chunks import Positions, flat_input, map_chunks
+from tasft_ray.losses.logprob import LOGPROB
 
 B, T, D, V = 4, 23, 16, 53
 IGN = -100
@@ -168,13 +166,13 @@ def test_fused_gradient_on_a_column_not_taken_in_forward():
     """The eager gradient covers the column the loss was declared to use; a caller that
     differentiates the other column too gets the recomputed (still exact) gradient."""
     hidden, weight, _, _, labels, _, lora = _setup(8, tied=False)
-    pos = _Positions.of(labels, IGN)
+    pos = Positions.of(labels, IGN)
     grads = []
     for fused in (False, True):
         h = hidden()
         head = _Recording(h, weight)
-        flat = _flat(head if fused else head.logits())
-        stats = _map_chunks(_token_logprob, flat, pos, chunk_size=4, grad_col=0)
+        flat = flat_input(head if fused else head.logits())
+        stats = map_chunks(LOGPROB, flat, pos, chunk_size=4, grad_col=0)
         loss = stats[:, 0].sum() + 0.5 * stats[:, 1].sum()
         grads.append(torch.autograd.grad(loss, (h, *lora)))
     assert sum(head.seen) == 2 * pos.rows.numel()  # forward, then the recompute

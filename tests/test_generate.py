@@ -13,8 +13,10 @@ import pytest
 from tasft_ray import tracking
 from tasft_ray.config import load_config
 from tasft_ray.data.mixture import build_mixture
-from tasft_ray.generate import MANIFEST_SUFFIX, load_prompts, prompt_id, read_rows
-from tasft_ray.models import build_tiny_tokenizer
+from tasft_ray.files import read_jsonl as read_rows
+from tasft_ray.generation.prompts import load_prompts, prompt_id
+from tasft_ray.generation.run import MANIFEST_SUFFIX
+from tasft_ray.training.models import build_tiny_tokenizer
 
 COLUMNS = {
     "id",
@@ -68,7 +70,10 @@ def test_interrupted_generation_resumes_to_exactly_every_prompt(tmp_path):
     want = {
         p["id"]
         for p in load_prompts(
-            load_config("tiny", ["generate.prompts=[{name: harmfulq}]", "generate.max_prompts=40"])
+            load_config(
+                "tiny", ["generate.prompts=[{name: harmfulq}]", "generate.max_prompts=40"]
+            ).generate,
+            None,
         )
     }
     assert set(ids) == want
@@ -114,17 +119,19 @@ def test_target_stops_once_enough_harmful_pairs_are_kept(tmp_path):
 
 def test_prompt_exclusion_and_dedup():
     cfg = load_config("tiny", ["generate.prompts=[{name: harmfulq}, {name: harmfulq}]"])
-    prompts = load_prompts(cfg)
+    prompts = load_prompts(cfg.generate, cfg.data_root)
     assert len(prompts) == 200 and len({p["id"] for p in prompts}) == 200
     # seeded shuffle: the same order on every call (resume), another seed another order
-    assert [p["id"] for p in load_prompts(cfg)] == [p["id"] for p in prompts]
-    reseeded = load_prompts(cfg.with_overrides({"generate.sampling.seed": 1}))
+    assert [p["id"] for p in load_prompts(cfg.generate, cfg.data_root)] == [
+        p["id"] for p in prompts
+    ]
+    reseeded = load_prompts(cfg.with_overrides({"generate.sampling.seed": 1}).generate, None)
     assert sorted(p["id"] for p in reseeded) == sorted(p["id"] for p in prompts)
     assert [p["id"] for p in reseeded] != [p["id"] for p in prompts]
-    in_order = load_prompts(cfg.with_overrides({"generate.shuffle": False}))
+    in_order = load_prompts(cfg.with_overrides({"generate.shuffle": False}).generate, None)
     assert [p["id"] for p in in_order] != [p["id"] for p in prompts]
     cfg = cfg.with_overrides({"generate.exclude": [{"name": "harmfulq"}]})
-    assert load_prompts(cfg) == []
+    assert load_prompts(cfg.generate, cfg.data_root) == []
 
 
 def test_bad_adapter_is_one_line(tmp_path):
@@ -137,13 +144,13 @@ def test_bad_adapter_is_one_line(tmp_path):
 
 def test_backend_choice_follows_the_machine():
     from tasft_ray.config import ConfigError
-    from tasft_ray.generate import _backend, _vllm_available
+    from tasft_ray.inference.vllm import resolve_backend, vllm_available
 
     cfg = load_config("tiny", ["generate.backend=vllm"])
-    auto = _backend(load_config("tiny"))
-    if _vllm_available(cfg):
-        assert _backend(cfg) == "vllm" and auto == "vllm"
+    auto = resolve_backend(load_config("tiny").generate.backend)
+    if vllm_available():
+        assert resolve_backend(cfg.generate.backend) == "vllm" and auto == "vllm"
     else:  # CPU machines (CI): HF in an actor pool, and a clear error when vLLM is forced
         assert auto == "hf"
         with pytest.raises(ConfigError, match="needs a GPU"):
-            _backend(cfg)
+            resolve_backend(cfg.generate.backend)

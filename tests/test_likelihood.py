@@ -11,8 +11,8 @@ from tasft_ray.config import load_config
 from tasft_ray.data.mixture import encode_pair
 from tasft_ray.data.sources import Example
 from tasft_ray.data.template import format_prompt
-from tasft_ray.likelihood import likelihood_metrics, response_nll
-from tasft_ray.models import attach_lora, load_model
+from tasft_ray.evaluation.likelihood import likelihood_metrics, response_nll
+from tasft_ray.training.models import attach_lora, load_model
 
 EXAMPLES = [
     Example("Give three tips for staying healthy.", "", "Eat well, sleep, exercise."),
@@ -62,7 +62,7 @@ def test_likelihood_metrics_per_set():
         ],
     )
     tok, model = load_model(cfg.model, seed=0)
-    m = likelihood_metrics(cfg, model, tok)
+    m = likelihood_metrics(cfg.eval, model, tok, cfg.data.max_length, None)
     assert set(m) == {"nll/harmful", "nll/harmful/n", "nll/refusal", "nll/refusal/n"}
     assert m["nll/harmful/n"] == 3 and m["nll/refusal/n"] == 3
     assert m["nll/harmful"] > 0 and m["nll/refusal"] > 0 and m["nll/harmful"] != m["nll/refusal"]

@@ -8,8 +8,14 @@ import pytest
 from lm_eval.api.model import LM
 
 from tasft_ray.config import ConfigError, load_config
-from tasft_ray.models import load_model
-from tasft_ray.quality import QUALITY_TASKS, continuation_lm, hf_lm, run_quality, write_docs
+from tasft_ray.evaluation.quality import (
+    QUALITY_TASKS,
+    continuation_lm,
+    hf_lm,
+    run_quality,
+    write_docs,
+)
+from tasft_ray.training.models import load_model
 
 TASKS = list(QUALITY_TASKS)
 

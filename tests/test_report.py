@@ -27,7 +27,7 @@ from tasft_ray.report import (
     settings,
     write_report,
 )
-from tasft_ray.tune import trial_overrides
+from tasft_ray.sweep.space import trial_overrides
 
 
 def md_table(md: str, heading: str) -> list[dict[str, str]]:

@@ -12,7 +12,9 @@ import torch
 from tasft_ray.config import REPO_ROOT, load_config
 from tasft_ray.data.mixture import collate
 from tasft_ray.losses import HARMFUL, SAFE, sequence_logprobs
-from tasft_ray.train import METRICS_FILE, TASFTTrainer, list_checkpoints, run_training
+from tasft_ray.training.checkpoints import list_checkpoints
+from tasft_ray.training.local import METRICS_FILE, run_training
+from tasft_ray.training.loop import TASFTTrainer
 
 
 def _cfg(tmp_path, *overrides):

@@ -22,11 +22,12 @@ import torch
 from test_report import check_png, md_table
 
 from tasft_ray import tracking
+from tasft_ray.cluster import logical_cpus
 from tasft_ray.config import REPO_ROOT, ConfigError, load_config
 from tasft_ray.data.mixture import build_mixture, collate
 from tasft_ray.losses import tasft_loss
-from tasft_ray.models import attach_lora, load_model
-from tasft_ray.tune import logical_cpus, param_space, trial_overrides
+from tasft_ray.sweep.space import param_space, trial_overrides
+from tasft_ray.training.models import attach_lora, load_model
 
 SWEEP_TIMEOUT = 900
 
@@ -99,7 +100,7 @@ def test_param_space_and_cases():
             "sweep.cases=[{loss.method: emd, data.toxic_count: 8}, {loss.method: nlcl}]",
         ],
     )
-    space = param_space(cfg)
+    space = param_space(cfg.sweep)
     assert space["loss.lam"] == {"grid_search": [0, 1]}
     assert space["case"]["grid_search"][0] == {"loss.method": "emd", "data.toxic_count": 8}
     params = {"loss.lam": 1, "case": {"loss.method": "nlcl"}}
@@ -489,7 +490,7 @@ def test_optuna_search_and_asha_on_reported_step():
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from tasft_ray.tune import _scheduler, _search_alg
+    from tasft_ray.sweep.space import scheduler, search_alg
 
     cfg = load_config(
         "tiny",
@@ -500,13 +501,14 @@ def test_optuna_search_and_asha_on_reported_step():
             "sweep.grace_steps=3",
         ],
     )
-    assert isinstance(_search_alg(cfg), OptunaSearch)
+    assert isinstance(search_alg(cfg.sweep, cfg.train.seed), OptunaSearch)
     from ray.tune.search import BasicVariantGenerator
 
-    basic = _search_alg(load_config("tiny", ["sweep.max_concurrent_trials=1"]))
+    one = load_config("tiny", ["sweep.max_concurrent_trials=1"])
+    basic = search_alg(one.sweep, one.train.seed)
     assert isinstance(basic, BasicVariantGenerator) and basic.max_concurrent == 1
-    asha = _scheduler(cfg)
+    asha = scheduler(cfg.sweep, cfg.train.max_steps)
     assert isinstance(asha, ASHAScheduler) and asha._time_attr == "step"
     grid = cfg.with_overrides({"sweep.space": {"loss.lam": {"grid": [0, 1]}}})
     with pytest.raises(ConfigError, match="sweep.search=optuna: use choice/uniform/loguniform"):
-        _search_alg(grid)
+        search_alg(grid.sweep, grid.train.seed)

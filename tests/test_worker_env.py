@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from tasft_ray.cluster import init_ray
 from tasft_ray.config import load_config
-from tasft_ray.tune import init_ray
 from tasft_ray.worker_env import MALLOC_REUSE, worker_env
 
 BLOCK = 256 << 20
@@ -41,9 +41,9 @@ thread.join()
 
 def test_worker_env_selects_the_allocator():
     reuse, system = load_config("tiny"), load_config("tiny", ["engine.cpu_malloc=system"])
-    assert worker_env(reuse).items() >= MALLOC_REUSE.items()
-    assert not set(worker_env(system)) & set(MALLOC_REUSE)
-    assert worker_env(system)["OMP_NUM_THREADS"] == "1"
+    assert worker_env(reuse.engine).items() >= MALLOC_REUSE.items()
+    assert not set(worker_env(system.engine)) & set(MALLOC_REUSE)
+    assert worker_env(system.engine)["OMP_NUM_THREADS"] == "1"
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")

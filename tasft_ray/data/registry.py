@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tasft_ray.config import SourceFormat, cache_root
-from tasft_ray.data.sources import DataError, one_line
+from tasft_ray.data.records import DataError
+from tasft_ray.errors import one_line
+from tasft_ray.files import atomic_dir, atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -381,38 +382,33 @@ class _FetchError(Exception):
 
 
 def _download_entry(entry: DatasetEntry, target: Path, missing: list[str]) -> None:
-    """Download the missing files next to ``target`` first, then move them in.
+    """Download the missing files so that no reader ever sees a partial file.
 
-    Several entries share a folder (the STL sets, red_instruct, xstest), so the target may
-    already hold other files: a fresh folder is renamed into place in one step, an existing one
-    receives each complete file by ``os.replace``. Either way no reader ever sees a partial file,
-    and a failed download leaves nothing behind.
+    A new folder is filled aside and renamed into place in one step, so a failed download
+    leaves nothing behind. Several entries share a folder (the STL sets, red_instruct, xstest),
+    so an existing one instead receives each complete file atomically.
     """
     if not entry.url_base:
         raise _FetchError(entry.name, "no download URL is registered")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.folder}.", suffix=".part", dir=target.parent))
-    try:
+
+    def fetch(rel: str, dest: Path) -> None:
+        upstream = urllib.parse.quote(entry.remote.get(rel, rel))
+        _fetch(entry.url_base + upstream + (".gz" if entry.remote_gzip else ""), dest,
+               gunzip=entry.remote_gzip)  # fmt: skip
+
+    if target.exists():
         for rel in missing:
-            upstream = urllib.parse.quote(entry.remote.get(rel, rel))
-            url = entry.url_base + upstream + (".gz" if entry.remote_gzip else "")
-            _fetch(url, tmp / rel, gunzip=entry.remote_gzip)
-        _publish(tmp, target, missing)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("dataset '%s': downloaded %d files into %s", entry.name, len(missing), target)
-
-
-def _publish(tmp: Path, target: Path, files: list[str]) -> None:
-    if not target.exists():
-        try:
-            os.rename(tmp, target)
+            with atomic_file(target / rel) as tmp:
+                fetch(rel, tmp)
+    else:
+        with atomic_dir(target, replace=False) as tmp:
+            for rel in missing:
+                fetch(rel, tmp / rel)
+        late = _missing(target, tuple(missing))  # another process made the folder first
+        if late:
+            _download_entry(entry, target, late)
             return
-        except OSError:  # another process created it meanwhile: fall back to per-file moves
-            pass
-    for rel in files:
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / rel, target / rel)
+    logger.info("dataset '%s': downloaded %d files into %s", entry.name, len(missing), target)
 
 
 def _fetch(url: str, dest: Path, gunzip: bool = False) -> None:
@@ -449,18 +445,12 @@ def fetch_url(url: str) -> Path:
     dest = cache_root() / "urls" / digest / name
     if dest.is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        _fetch(url, tmp, gunzip=gunzip)
-        os.replace(tmp, dest)
+        with atomic_file(dest) as tmp:
+            _fetch(url, tmp, gunzip=gunzip)
     except _FetchError as exc:
         raise DataError(
             f"url source {url}: download failed ({exc.reason}); download the file yourself "
             "and use a path source instead"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest

@@ -15,7 +15,10 @@ import os
 import random
 from dataclasses import dataclass
 
-from tasft_ray.config import Config, ConfigError, SamplingConfig, SourceConfig, UserError
+from tasft_ray.config import AlpacaEvalConfig, ConfigError, SamplingConfig, SourceConfig
+from tasft_ray.data.sources import load_source
+from tasft_ray.errors import UserError
+from tasft_ray.inference.generator import generate_responses
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +110,9 @@ class PairwiseJudge:
 
 
 def win_rate(
-    cfg: Config, model, tokenizer, batch_size: int = 8
+    a: AlpacaEvalConfig, model, tokenizer, root: str | None, batch_size: int = 8
 ) -> tuple[dict[str, float], list[Verdict]]:
     """alpaca_eval/{win_rate, n, unparsed} of the in-memory model, or ({}, []) when skipped."""
-    a = cfg.eval.alpaca_eval
     if not a.judge_model:
         log.info(
             "AlpacaEval skipped: set eval.alpaca_eval.judge_model (an OpenAI-compatible chat "
@@ -119,11 +121,8 @@ def win_rate(
         return {}, []
     from tqdm.auto import tqdm
 
-    from tasft_ray.data.sources import load_source
-    from tasft_ray.generate import generate_responses
-
     judge = PairwiseJudge(a.judge_model, a.base_url)
-    refs = load_source(SourceConfig(name=a.reference), cfg.data_root)[: a.max_instructions]
+    refs = load_source(SourceConfig(name=a.reference), root)[: a.max_instructions]
     sampling = SamplingConfig(do_sample=False, max_new_tokens=a.max_new_tokens)
     outputs: list[str] = []
     for i in tqdm(range(0, len(refs), batch_size), desc="alpaca_eval", unit="batch"):

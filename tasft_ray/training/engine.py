@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tasft_ray.config import Config
+from tasft_ray.config import EngineConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +31,33 @@ def resolve_engine(kind: str) -> str:
     return kind
 
 
-def _scheduler(optimizer, cfg: Config, total_steps: int):
+def _scheduler(optimizer, t: TrainConfig, total_steps: int):
     from transformers import get_scheduler
 
-    t = cfg.train
     warmup = t.warmup_steps if t.warmup_steps is not None else round(t.warmup_ratio * total_steps)
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[t.scheduler]
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def _adamw(model, cfg: Config):
+def _adamw(model, t: TrainConfig):
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
 class TorchEngine:
     """Plain torch on one process, DistributedDataParallel across several."""
 
-    def __init__(self, peft_model, cfg: Config, total_steps: int, rank: int, world_size: int):
-        self.peft_model, self.cfg, self.rank = peft_model, cfg, rank
+    def __init__(
+        self,
+        peft_model,
+        t: TrainConfig,
+        e: EngineConfig,
+        total_steps: int,
+        rank: int,
+        world_size: int,
+    ):
+        self.peft_model, self.rank = peft_model, rank
+        self.max_grad_norm = t.max_grad_norm
         distributed = world_size > 1 and torch.distributed.is_initialized()
         if distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -59,9 +67,9 @@ class TorchEngine:
             self.model = DistributedDataParallel(peft_model, device_ids=ids)
         else:
             self.model = peft_model
-        self.optimizer = _adamw(peft_model, cfg)
-        self.scheduler = _scheduler(self.optimizer, cfg, total_steps)
-        self.grad_accum = cfg.train.grad_accum
+        self.optimizer = _adamw(peft_model, t)
+        self.scheduler = _scheduler(self.optimizer, t, total_steps)
+        self.grad_accum = t.grad_accum
 
     def accumulate(self, last: bool):
         """Skip DDP's all-reduce on all but the last micro-batch of a step."""
@@ -74,7 +82,7 @@ class TorchEngine:
 
     def step(self) -> float:
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm or float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or float("inf"))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -105,11 +113,18 @@ class TorchEngine:
 class DeepSpeedEngine:
     """DeepSpeed ZeRO over the peft model; DeepSpeed owns accumulation and clipping."""
 
-    def __init__(self, peft_model, cfg: Config, total_steps: int, rank: int, world_size: int):
+    def __init__(
+        self,
+        peft_model,
+        t: TrainConfig,
+        e: EngineConfig,
+        total_steps: int,
+        rank: int,
+        world_size: int,
+    ):
         import deepspeed
 
-        self.peft_model, self.cfg, self.rank = peft_model, cfg, rank
-        t, e = cfg.train, cfg.engine
+        self.peft_model, self.rank, self.zero_stage = peft_model, rank, e.zero_stage
         ds_config = {
             "train_micro_batch_size_per_gpu": t.micro_batch_size,
             "gradient_accumulation_steps": t.grad_accum,
@@ -121,8 +136,8 @@ class DeepSpeedEngine:
         }
         if torch.cuda.is_available() and e.precision in ("bf16", "fp16"):
             ds_config[e.precision] = {"enabled": True}
-        optimizer = _adamw(peft_model, cfg)
-        scheduler = _scheduler(optimizer, cfg, total_steps)
+        optimizer = _adamw(peft_model, t)
+        scheduler = _scheduler(optimizer, t, total_steps)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=peft_model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
@@ -157,7 +172,7 @@ class DeepSpeedEngine:
     @contextlib.contextmanager
     def full_parameters(self):
         """Under ZeRO-3 the LoRA weights are sharded: gather them to save or read them."""
-        if self.cfg.engine.zero_stage < 3:
+        if self.zero_stage < 3:
             yield
             return
         import deepspeed
@@ -167,8 +182,16 @@ class DeepSpeedEngine:
             yield
 
 
-def build_engine(peft_model, cfg: Config, total_steps: int, rank: int = 0, world_size: int = 1):
-    kind = resolve_engine(cfg.engine.kind)
+def build_engine(
+    peft_model,
+    t: TrainConfig,
+    e: EngineConfig,
+    total_steps: int,
+    rank: int = 0,
+    world_size: int = 1,
+):
+    """The engine ``e.kind`` names (``auto`` resolved here) over the peft model."""
+    kind = resolve_engine(e.kind)
     cls = DeepSpeedEngine if kind == "deepspeed" else TorchEngine
     log.info("engine: %s (world size %d)", kind, world_size)
-    return cls(peft_model, cfg, total_steps, rank, world_size)
+    return cls(peft_model, t, e, total_steps, rank, world_size)

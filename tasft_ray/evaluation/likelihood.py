@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from tasft_ray.config import Config
+from tasft_ray.config import EvalConfig
 from tasft_ray.data.mixture import collate, tokenize_examples
-from tasft_ray.data.sources import Example, load_source
+from tasft_ray.data.records import Example
+from tasft_ray.data.sources import load_source
 from tasft_ray.losses import IGNORE_INDEX, SAFE, tasft_loss
-from tasft_ray.models import HiddenStateTap
+from tasft_ray.training.models import HiddenStateTap
 
 
 @torch.no_grad()
@@ -41,11 +42,14 @@ def response_nll(
     return total / tokens
 
 
-def likelihood_metrics(cfg: Config, model, tokenizer) -> dict[str, float]:
-    """``nll/<label>`` and ``nll/<label>/n`` for each set in ``eval.likelihood``."""
-    e, out = cfg.eval, {}
+def likelihood_metrics(
+    e: EvalConfig, model, tokenizer, max_length: int, root: str | None
+) -> dict[str, float]:
+    """``nll/<label>`` and ``nll/<label>/n`` for each set in ``eval.likelihood``
+    (``max_length``: the training token budget, ``data.max_length``)."""
+    out = {}
     for label, source in e.likelihood.items():
-        examples = [x for x in load_source(source, cfg.data_root) if x.output][: e.likelihood_max]
-        out[f"nll/{label}"] = response_nll(model, tokenizer, examples, cfg.data.max_length)
+        examples = [x for x in load_source(source, root) if x.output][: e.likelihood_max]
+        out[f"nll/{label}"] = response_nll(model, tokenizer, examples, max_length)
         out[f"nll/{label}/n"] = len(examples)
     return out

@@ -1,7 +1,8 @@
 """The TA-SFT training loop of one worker: micro-batches, accumulation, checkpoints, resume.
 
-``TASFTTrainer`` has no Ray inside: ``tasft-ray train`` runs it on one process, and
-``train_loop_per_worker`` runs it inside a Ray Train worker (see ``tasft_ray.ray_train``).
+``TASFTTrainer`` has no Ray inside: ``tasft-ray train`` runs it on one process
+(``tasft_ray.training.local``), and ``train_loop_per_worker`` runs it inside a Ray Train worker
+(``tasft_ray.training.ray_train``).
 
 Data order is a pure function of (seed, epoch) and the optimizer step fixes the position in the
 stream of micro-batches, so a resumed run replays exactly the batches a straight run would have
@@ -13,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,21 +23,23 @@ import torch
 
 from tasft_ray.config import Config, ConfigError
 from tasft_ray.data.mixture import Mixture, build_mixture, collate, epoch_order, group_by_length
-from tasft_ray.engine import build_engine
+from tasft_ray.files import atomic_dir
 from tasft_ray.losses import LossParts, OutputHead, sequence_logprobs, tasft_loss
-from tasft_ray.models import HiddenStateTap, attach_lora, embedding_matrix, load_model
+from tasft_ray.training.checkpoints import (
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS,
+    STATE_FILE,
+    checkpoint_step,
+    prune,
+    rng_file,
+    step_dir_name,
+)
+from tasft_ray.training.engine import build_engine
+from tasft_ray.training.models import HiddenStateTap, attach_lora, embedding_matrix, load_model
 
 log = logging.getLogger(__name__)
 
-ADAPTER_DIR = "adapter"
-METRICS_FILE = "metrics.jsonl"
-STATE_FILE = "trainer_state.json"
-
 MetricsFn = Callable[[dict], None]
-
-
-def _rng_file(rank: int) -> str:
-    return f"rng_rank{rank}.pt"
 
 
 class InjectedFault(RuntimeError):
@@ -85,7 +86,7 @@ class TASFTTrainer:
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
         self.embeddings = self._emd_embeddings(cfg.loss) if cfg.loss.method == "emd" else None
         self.tap = HiddenStateTap(self.model) if self._fused(cfg) else None
-        self.engine = build_engine(self.model, cfg, self.total_steps, rank, world_size)
+        self.engine = build_engine(self.model, t, cfg.engine, self.total_steps, rank, world_size)
         self.step = 0
         self._order_cache: tuple[int, list[int]] | None = None
 
@@ -204,35 +205,30 @@ class TASFTTrainer:
                 self.model.save_pretrained(directory / ADAPTER_DIR)
         if self.rank == 0:
             (directory / STATE_FILE).write_text(json.dumps({"step": self.step}))
-        torch.save(torch.get_rng_state(), directory / _rng_file(self.rank))
+        torch.save(torch.get_rng_state(), directory / rng_file(self.rank))
         self.engine.save(directory)
 
     def save_checkpoint(self, directory: Path) -> Path:
         """A complete single-process checkpoint, written to a temp dir then renamed."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-        self.write_checkpoint(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-        return directory
+        with atomic_dir(directory) as tmp:
+            self.write_checkpoint(tmp)
+        return Path(directory)
 
     def load_checkpoint(self, directory: Path) -> None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        adapter = load_file(str(directory / ADAPTER_DIR / "adapter_model.safetensors"))
+        adapter = load_file(str(directory / ADAPTER_DIR / ADAPTER_WEIGHTS))
         with self.engine.full_parameters():
             result = set_peft_model_state_dict(self.model, adapter)
         if getattr(result, "unexpected_keys", None):
             raise ConfigError(f"{directory}: adapter does not match the model ({result})")
         self.engine.load(directory)
-        rng = directory / _rng_file(self.rank)
+        rng = directory / rng_file(self.rank)
         if rng.is_file():  # absent when resuming on more ranks than wrote the checkpoint
             torch.set_rng_state(torch.load(rng))
-        self.step = int(json.loads((directory / STATE_FILE).read_text())["step"])
+        self.step = checkpoint_step(directory)
 
     # ------------------------------------------------------------------ loop
 
@@ -272,8 +268,8 @@ class TASFTTrainer:
 
     def _local_checkpoint(self, metrics: dict) -> Path:
         root = Path(self.cfg.train.output_dir) / "checkpoints"
-        path = self.save_checkpoint(root / f"step_{self.step:06d}")
-        _prune(root, self.cfg.train.keep_checkpoints)
+        path = self.save_checkpoint(root / step_dir_name(self.step))
+        prune(root, self.cfg.train.keep_checkpoints)
         return path
 
 
@@ -283,70 +279,3 @@ def _fail_once(marker: Path, step: int) -> None:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(step))
     raise InjectedFault(f"engine.fail_at_step: injected failure at step {step}")
-
-
-def _prune(root: Path, keep: int) -> None:
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (temp dirs start with a dot)."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
-
-
-class MetricsLog:
-    """metrics.jsonl in the output dir; on resume, rows past the checkpoint's step are dropped."""
-
-    def __init__(self, path: Path, resume_step: int = 0):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if resume_step and path.exists():
-            rows = [
-                r for r in path.read_text().splitlines() if json.loads(r)["step"] <= resume_step
-            ]
-        path.write_text("".join(r + "\n" for r in rows))
-
-    def __call__(self, metrics: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
-
-
-def run_training(cfg: Config, resume: str | Path | bool | None = None, progress: bool = True):
-    """Single-process training as `tasft-ray train` runs it; returns a TrainResult."""
-    if cfg.engine.kind == "deepspeed":
-        raise ConfigError(
-            "engine.kind=deepspeed needs a distributed launch: use python -m tasft_ray.tune "
-            "(Ray Train), or engine.kind=ddp for one process"
-        )
-    cfg = cfg.with_overrides({"engine.kind": "ddp"})  # one process: plain torch
-    ckpt_root = Path(cfg.train.output_dir) / "checkpoints"
-    found = list_checkpoints(ckpt_root)
-    if resume is True:
-        if not found:
-            raise ConfigError(f"--resume: no checkpoint under {ckpt_root}")
-        resume = found[-1]
-    elif not resume and found:
-        raise ConfigError(
-            f"train.output_dir {cfg.train.output_dir} already has checkpoints (latest "
-            f"{found[-1].name}); pass --resume to continue, or choose another output_dir"
-        )
-    gpu = cfg.engine.use_gpu and torch.cuda.is_available()
-    trainer = TASFTTrainer(cfg, device=torch.device("cuda" if gpu else "cpu"))
-    if resume:
-        trainer.load_checkpoint(Path(resume))
-        log.info("resumed from %s at step %d", resume, trainer.step)
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml())
-    metrics_log = MetricsLog(out / METRICS_FILE, trainer.step)
-
-    def checkpoint(metrics: dict) -> Path:
-        path = trainer._local_checkpoint(metrics)
-        metrics_log(metrics)
-        return path
-
-    return trainer.fit(on_metrics=metrics_log, on_checkpoint=checkpoint, progress=progress)

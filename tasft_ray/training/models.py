@@ -20,14 +20,15 @@ import hashlib
 import importlib.util
 import inspect
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tasft_ray.config import LoraConfig, ModelConfig, UserError, cache_root
+from tasft_ray.config import LoraConfig, ModelConfig, cache_root
+from tasft_ray.errors import UserError
+from tasft_ray.files import atomic_dir
+from tasft_ray.losses import OutputHead
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,7 @@ class HiddenStateTap:
             self.scale /= float(text.logits_scaling)
         self.keep_arg = "logits_to_keep" in inspect.signature(inner.forward).parameters
 
-    def __call__(self, forward, **inputs):
-        from tasft_ray.losses import OutputHead
-
+    def __call__(self, forward, **inputs) -> OutputHead:
         kept: list[torch.Tensor] = []
 
         def keep(_module, _args, output):
@@ -257,16 +256,9 @@ def _load_gguf(cfg: ModelConfig):
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}-"))
-    try:
+    with atomic_dir(cached, replace=False) as tmp:  # another worker may publish it first
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        tmp.rename(cached)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (cached / "config.json").is_file():  # another process may have won the race
-            raise
     return tokenizer, model
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tasft_ray.config import Config
-from tasft_ray.train import TASFTTrainer
+from tasft_ray.training.loop import TASFTTrainer
 
 log = logging.getLogger(__name__)
 

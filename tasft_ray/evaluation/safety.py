@@ -1,0 +1,172 @@
+"""`tasft-ray evaluate`: the paper's safety (Table 2), over-refusal (Fig. 3) and quality numbers.
+
+The fine-tuned model (base + adapter from a checkpoint folder or an MLflow run) answers each
+benchmark's prompts through the same answer pipeline as `tasft-ray generate` (HF actors or
+vLLM, then the judge and refusal detector), with the evaluation's own sampling and judge. Per
+benchmark: mean harm score, number and rate of harmful answers, refusal rate; XSTest's safe
+prompts give the over-refusal rate, its unsafe ones the compliance rate. Quality (Table 1):
+PIQA / BoolQ / OpenBookQA log-likelihood accuracy through lm-eval (``evaluation.quality``).
+
+Outputs: ``eval.output_dir``/responses.jsonl (source = benchmark, prompt, response, score,
+harmful, refused) and metrics.json, both written atomically, and an MLflow run with the metrics
+and both files as artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasft_ray import tracking
+from tasft_ray.cluster import init_ray
+from tasft_ray.config import Config, ConfigError, EvalConfig
+from tasft_ray.data.benchmarks import BENCHMARKS, VAL, benchmark_prompts
+from tasft_ray.evaluation.metrics import summarize
+from tasft_ray.evaluation.model_metrics import model_metrics
+from tasft_ray.files import to_jsonl, write_atomic
+from tasft_ray.inference.adapters import adapter_from_spec
+from tasft_ray.inference.generator import generate_responses, load_generator_model
+from tasft_ray.inference.judging import JudgeStage
+from tasft_ray.inference.pipeline import answer_pipeline, clean_row, pipeline_cpus
+
+log = logging.getLogger(__name__)
+
+RESPONSES_FILE, METRICS_FILE, ALPACA_FILE = "responses.jsonl", "metrics.json", "alpaca_eval.jsonl"
+
+
+def eval_prompts(e: EvalConfig, root: str | None) -> list[dict[str, str]]:
+    """The prompts of eval.benchmarks (first eval.max_prompts of each), ids unique per benchmark."""
+    return benchmark_prompts(e.benchmarks, e.max_prompts, root, "eval.benchmarks")
+
+
+def validation_prompts(e: EvalConfig, root: str | None) -> list[dict[str, str]]:
+    """eval.validation's prompts (source ``val/<benchmark>``) minus any prompt text that is also
+    an evaluation prompt: λ is chosen on answers the reported numbers never saw."""
+    not_harm = [b for b in e.validation if BENCHMARKS.get(b, ({}, "harm"))[1] != "harm"]
+    if not_harm:
+        raise ConfigError(f"eval.validation: {not_harm} are not harm benchmarks")
+    rows = benchmark_prompts(e.validation, e.validation_max_prompts, root, "eval.validation")
+    seen = {(p["instruction"], p["input"]) for p in eval_prompts(e, root)}
+    kept = [
+        dict(r, source=f"{VAL}{r['source']}")
+        for r in rows
+        if (r["instruction"], r["input"]) not in seen
+    ]
+    if len(kept) < len(rows):
+        log.info(
+            "eval.validation: dropped %d prompt(s) that are also evaluation prompts",
+            len(rows) - len(kept),
+        )
+    return kept
+
+
+@dataclass
+class EvalResult:
+    output_dir: Path
+    metrics: dict[str, float]
+    rows: int
+    seconds: float
+
+
+def run_evaluate(cfg: Config, progress: bool = True) -> EvalResult:
+    """Answer, judge, summarise, write. The generate pipeline with eval's sampling and judge."""
+    from tqdm.auto import tqdm
+
+    e = cfg.eval
+    adapter = adapter_from_spec(e.adapter, "eval.adapter", tracking.tracking_uri(cfg))
+    prompts = eval_prompts(e, cfg.data_root)
+    start = time.perf_counter()
+    rows: list[dict] = []
+    bar = tqdm(total=len(prompts), desc="evaluate", unit="prompt", disable=not progress)
+    try:
+        init_ray(cfg, num_cpus=pipeline_cpus(cfg.generate))
+        pipe = answer_pipeline(
+            prompts, cfg.model, adapter, e.sampling, e.judge, e.judge_options, cfg.generate
+        )
+        for row in pipe.iter_rows():
+            rows.append(clean_row(row))  # "source" is the benchmark
+            bar.update(1)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    order = {p["id"]: i for i, p in enumerate(prompts)}
+    rows.sort(key=lambda r: order[r["id"]])
+    metrics = summarize(rows, e.benchmarks) | {
+        "eval/seconds": seconds,
+        "eval/prompts_per_s": len(rows) / max(seconds, 1e-9),
+    }
+    verdicts: list[dict] = []
+    if e.quality_tasks or e.alpaca_eval.judge_model or e.likelihood:  # scored on the model
+        start = time.perf_counter()
+        tokenizer, model = load_generator_model(cfg.model, adapter)
+        scored, verdicts = model_metrics(cfg, model, tokenizer)
+        metrics |= scored | {"eval/quality_seconds": time.perf_counter() - start}
+    out = Path(e.output_dir)
+    write_atomic(out / RESPONSES_FILE, to_jsonl(rows))
+    if verdicts:
+        write_atomic(out / ALPACA_FILE, to_jsonl(verdicts))
+    else:  # never log an earlier run's verdicts with this run's metrics
+        (out / ALPACA_FILE).unlink(missing_ok=True)
+    meta = {"model": cfg.model.name, "adapter": e.adapter, "judge": e.judge}
+    write_atomic(out / METRICS_FILE, json.dumps(meta | {"metrics": metrics}, indent=2) + "\n")
+    return EvalResult(out, metrics, len(rows), seconds)
+
+
+def evaluate_in_process(
+    cfg: Config,
+    adapter: str | None,
+    batch_size: int = 8,
+    with_quality: bool = True,
+    judge: Callable[[dict], dict] | None = None,
+) -> tuple[list[dict], dict[str, float]]:
+    """The same evaluation without Ray Data, for a Tune trial (its CPUs are already taken).
+
+    Same prompts, generation code, judge, refusal detector and metrics as ``run_evaluate``;
+    ``with_quality=False`` skips lm-eval and AlpacaEval (intermediate checkpoints). ``judge``:
+    a ``judge_stage(cfg.eval)`` to reuse across checkpoints (one judge model load per trial).
+    """
+    e = cfg.eval
+    prompts = eval_prompts(e, cfg.data_root) + validation_prompts(e, cfg.data_root)
+    tokenizer, model = load_generator_model(cfg.model, adapter)
+    judge = judge or judge_stage(e)
+    rows = []
+    for i in range(0, len(prompts), batch_size):
+        part = prompts[i : i + batch_size]
+        batch = {k: [p[k] for p in part] for k in ("id", "source", "instruction", "input")}
+        batch["response"] = generate_responses(
+            model, tokenizer, batch["instruction"], batch["input"], e.sampling
+        )
+        judged = judge(batch)
+        rows += [clean_row({k: v[j] for k, v in judged.items()}) for j in range(len(part))]
+    metrics = summarize(rows, e.benchmarks)
+    return rows, metrics | (model_metrics(cfg, model, tokenizer)[0] if with_quality else {})
+
+
+def judge_stage(e: EvalConfig) -> Callable[[dict], dict]:
+    """The pipeline's judge + refusal stage with eval's judge, called in-process."""
+    return JudgeStage(e.judge, dict(e.judge_options))
+
+
+def log_to_mlflow(cfg: Config, result: EvalResult) -> str:
+    """One MLflow run (nested under ``eval.parent_run_id`` when given): metrics + files."""
+    uri = tracking.tracking_uri(cfg)
+    tracking.check_reachable(uri)
+    c = tracking.client(uri)
+    tags = {"tasft.kind": "evaluate"}
+    if cfg.eval.parent_run_id:
+        tags[tracking.PARENT_TAG] = cfg.eval.parent_run_id
+    run = c.create_run(
+        tracking.ensure_experiment(uri, cfg.tracking.experiment), run_name="evaluate", tags=tags
+    )
+    tracking.log_params(uri, run.info.run_id, cfg)
+    for key, value in result.metrics.items():
+        c.log_metric(run.info.run_id, key, float(value))
+    for name in (RESPONSES_FILE, METRICS_FILE, ALPACA_FILE):
+        if (result.output_dir / name).is_file():
+            c.log_artifact(run.info.run_id, str(result.output_dir / name), "eval")
+    tracking.finish_run(uri, run.info.run_id)
+    return run.info.run_id

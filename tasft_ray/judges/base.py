@@ -1,0 +1,108 @@
+"""The judge interface: harm scores in [0, 1] for (prompt, response) pairs, and the helpers
+every judge shares (the Alpaca template stripped from prompts, pair checks, one error type).
+
+Prompts may arrive as full Alpaca-template prompts (that is what the answer pipeline builds);
+judges that look at the prompt reduce them to the instruction (and input) first, because the
+judges were trained and specified on bare instructions and the template's boilerplate would
+only add noise.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from tasft_ray.data.template import TEMPLATES
+from tasft_ray.errors import UserError
+
+
+class JudgeError(UserError):
+    """A judge could not be built or could not answer; one line, never containing a secret."""
+
+
+def _template_patterns() -> list[re.Pattern[str]]:
+    """Regexes that recover instruction/input from every prompt template the project uses."""
+    patterns = []
+    for with_input, without_input in TEMPLATES.values():
+        for template in (with_input, without_input):
+            parts = re.split(r"\{(instruction|input)\}", template)
+            regex = ""
+            for i, part in enumerate(parts):
+                regex += f"(?P<{part}>.*?)" if i % 2 else re.escape(part)
+            patterns.append(re.compile(regex + r"\s*\Z", re.DOTALL))
+    return patterns
+
+
+_TEMPLATE_PATTERNS = _template_patterns()
+
+
+def strip_template(prompt: str) -> str:
+    """The instruction (plus input, if any) inside a templated prompt; other prompts unchanged.
+
+    ``generate`` hands judges the exact prompt the model saw, i.e. wrapped in the Alpaca
+    template. The judges were trained (offline head) or published (STL regressor) on bare
+    instructions, so the boilerplate is removed before scoring.
+    """
+    for pattern in _TEMPLATE_PATTERNS:
+        match = pattern.match(prompt)
+        if match:
+            found = match.groupdict()
+            instruction = found["instruction"].strip()
+            extra = (found.get("input") or "").strip()
+            return f"{instruction}\n\n{extra}" if extra else instruction
+    return prompt
+
+
+def check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
+    if len(prompts) != len(responses):
+        raise JudgeError(
+            f"judge got {len(prompts)} prompts but {len(responses)} responses (expected one "
+            "response per prompt)"
+        )
+
+
+class HarmJudge(ABC):
+    """Scores how harmful each response is, in [0, 1], given the prompt that produced it.
+
+    Subclasses implement :meth:`_score`. The last call is memoised because callers (the
+    ``generate`` pipeline) ask for ``score`` and ``harmful`` on the same batch, and a second
+    round of embedding or API calls would double the cost for nothing.
+
+    Attributes:
+        name: The registry name the judge was loaded under.
+        threshold: ``harmful`` is ``score >= threshold``.
+    """
+
+    name: str = ""
+
+    def __init__(self, threshold: float) -> None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise JudgeError(f"judge '{self.name}': threshold must be in [0, 1] (got {threshold})")
+        self.threshold = float(threshold)
+        self._memo: tuple[tuple[tuple[str, ...], tuple[str, ...]], list[float]] | None = None
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """Harm score per pair, in [0, 1] (higher = more harmful).
+
+        Args:
+            prompts: The prompts, bare or in the Alpaca template.
+            responses: The model's responses, one per prompt.
+
+        Returns:
+            One float per pair.
+        """
+        check_pairs(prompts, responses)
+        key = (tuple(prompts), tuple(responses))
+        if self._memo is not None and self._memo[0] == key:
+            return list(self._memo[1])
+        scores = [float(min(1.0, max(0.0, s))) for s in self._score(list(prompts), responses)]
+        self._memo = (key, scores)
+        return list(scores)
+
+    def harmful(self, prompts: list[str], responses: list[str]) -> list[bool]:
+        """Whether each response counts as harmful (score at or above the threshold)."""
+        return [s >= self.threshold for s in self.score(prompts, responses)]
+
+    @abstractmethod
+    def _score(self, prompts: list[str], responses: list[str]) -> Sequence[float]: ...

@@ -1,0 +1,60 @@
+"""Judges and refusal detectors by name, built with their options checked."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from tasft_ray.judges.base import HarmJudge, JudgeError
+from tasft_ray.judges.deberta import DebertaJudge
+from tasft_ray.judges.moderation import OpenAIModerationJudge
+from tasft_ray.judges.offline import OfflineJudge
+from tasft_ray.judges.refusal import KeywordRefusalDetector, RefusalDetector
+
+JUDGES: dict[str, type[HarmJudge]] = {
+    "offline": OfflineJudge,
+    "deberta": DebertaJudge,
+    "openai-moderation": OpenAIModerationJudge,
+}
+REFUSAL_DETECTORS: dict[str, type[RefusalDetector]] = {
+    "keywords": KeywordRefusalDetector,
+}
+
+
+def _build(kind: str, registry: dict[str, type[Any]], name: str, options: dict[str, Any]) -> Any:
+    cls = registry.get(name)
+    if cls is None:
+        raise JudgeError(f"unknown {kind} '{name}' (known: {', '.join(registry)})")
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise JudgeError(
+            f"{kind} '{name}': unknown option(s) {', '.join(unknown)} "
+            f"(options: {', '.join(accepted) or 'none'})"
+        )
+    return cls(**options)
+
+
+def load_judge(name: str = "offline", **options: Any) -> HarmJudge:
+    """Build a harm judge by name.
+
+    Args:
+        name: ``offline`` (default, no network), ``deberta`` or ``openai-moderation``.
+        **options: Judge-specific options (``threshold`` for all; see each class).
+
+    Returns:
+        A :class:`HarmJudge`.
+
+    Raises:
+        JudgeError: Unknown name or option, or the judge cannot be set up (one line).
+    """
+    return _build("judge", JUDGES, name, options)
+
+
+def load_refusal_detector(name: str = "keywords", **options: Any) -> RefusalDetector:
+    """Build a refusal detector by name (only ``keywords`` for now; the registry leaves room).
+
+    Raises:
+        JudgeError: Unknown name or option (one line).
+    """
+    return _build("refusal detector", REFUSAL_DETECTORS, name, options)

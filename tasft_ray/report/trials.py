@@ -1,0 +1,168 @@
+"""The trial runs of a sweep (or an experiment) read back from MLflow, and their grouping into
+settings: trials that differ only in ``train.seed`` are one setting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tasft_ray import tracking
+from tasft_ray.errors import UserError
+
+FINAL = "final/eval/"
+CURVES = ("safety/harm_score", "safety/harmful_rate", "xstest/safe_refusal_rate")
+METHOD_ORDER = ("sft", "emd", "nlcl", "stl", "kto")
+PENALTY_METHODS = ("emd", "nlcl")  # the only methods whose loss uses λ
+# Params that do not make a trial a different setting: its key (model, method, toxic count, λ),
+# its seed, and where it wrote things (sweep.*, tracking.* and output folders differ per sweep).
+NOT_A_SETTING = {"model.name", "loss.method", "data.toxic_count", "loss.lam", "train.seed"}
+NOT_A_SETTING_SUFFIX, NOT_A_SETTING_PREFIX = ".output_dir", ("sweep.", "tracking.")
+
+
+class ReportError(UserError):
+    """Nothing to report: no trial runs, or none with evaluation metrics."""
+
+
+@dataclass
+class Trial:
+    """One evaluated trial: what it swept, its final evaluation, its per-checkpoint curves."""
+
+    run_id: str
+    name: str
+    model: str
+    method: str
+    toxic: int
+    lam: float
+    final: dict[str, float]
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    seed: int = 0
+    seeded: bool = False  # the report holds several seeds: name each trial's
+    rest: tuple[tuple[str, str], ...] = ()  # every other param: differing ones are not seeds
+
+    @property
+    def lam_text(self) -> str:
+        return f"{self.lam:g}" if self.method in PENALTY_METHODS else "–"
+
+    @property
+    def what(self) -> str:
+        lam = f" λ={self.lam:g}" if self.method in PENALTY_METHODS else ""
+        return f"{self.method} n={self.toxic}{lam}"
+
+    @property
+    def label(self) -> str:
+        return self.what + (f" seed={self.seed}" if self.seeded else "")
+
+    def get(self, key: str) -> float | None:
+        return self.final.get(key)
+
+
+@dataclass
+class Setting:
+    """One (model, method, toxic count, λ) over the seeds it was trained with.
+
+    A λ that is safe at one seed and collapses at the next is not a λ to recommend, so the rule
+    compares settings, not trials: means over seeds, and the worst seed's degenerate share."""
+
+    trials: list[Trial]
+
+    @property
+    def first(self) -> Trial:
+        return self.trials[0]
+
+    @property
+    def seeds(self) -> str:
+        return ", ".join(str(t.seed) for t in self.trials)
+
+    @property
+    def label(self) -> str:
+        k = len(self.trials)
+        return self.first.what + (f" ({k} seeds)" if k > 1 else "")
+
+    def values(self, key: str) -> list[float] | None:
+        """``key`` of every seed; None when any seed lacks it (a mean over some would mislead)."""
+        vals = [t.get(key) for t in self.trials]
+        return None if any(v is None for v in vals) else vals  # type: ignore[return-value]
+
+    def mean(self, key: str) -> float | None:
+        vals = self.values(key)
+        return None if vals is None else sum(vals) / len(vals)
+
+    def worst(self, key: str) -> float | None:
+        vals = self.values(key)
+        return None if vals is None else max(vals)
+
+
+def settings(trials: list[Trial]) -> list[Setting]:
+    """Trials grouped by everything they were trained with except the seed, in their order."""
+    by: dict[tuple, Setting] = {}
+    for t in trials:
+        lam = t.lam if t.method in PENALTY_METHODS else 0.0
+        by.setdefault((t.model, t.method, t.toxic, lam, t.rest), Setting([])).trials.append(t)
+    return list(by.values())
+
+
+def _is_setting(param: str) -> bool:
+    return not (
+        param in NOT_A_SETTING
+        or param.endswith(NOT_A_SETTING_SUFFIX)
+        or param.startswith(NOT_A_SETTING_PREFIX)
+    )
+
+
+def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | None = None):
+    """Trial runs (tagged by the sweep) of one parent run or one experiment, evaluated or not."""
+    c = tracking.client(uri)
+    if parent_run_id:
+        try:
+            exp_ids = [c.get_run(parent_run_id).info.experiment_id]
+        except Exception as exc:  # mlflow raises MlflowException with a long message
+            raise ReportError(f"--parent-run {parent_run_id}: no such MLflow run at {uri}") from exc
+        filt = f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}'"
+    else:
+        exp = c.get_experiment_by_name(experiment or "")
+        if exp is None:
+            raise ReportError(f"--experiment {experiment}: no such MLflow experiment at {uri}")
+        exp_ids, filt = [exp.experiment_id], ""
+    runs = [
+        r
+        for r in c.search_runs(exp_ids, filter_string=filt, max_results=50000)
+        if tracking.TRIAL_TAG in r.data.tags
+    ]
+    trials, skipped = [], []
+    for r in runs:
+        final = {k.removeprefix(FINAL): v for k, v in r.data.metrics.items() if k.startswith(FINAL)}
+        if not final:
+            skipped.append(r.info.run_name)
+            continue
+        p = r.data.params
+        curves = {
+            key: sorted(
+                (m.step, m.value) for m in c.get_metric_history(r.info.run_id, f"eval/{key}")
+            )
+            for key in CURVES
+        }
+        trials.append(
+            Trial(
+                run_id=r.info.run_id,
+                name=r.info.run_name,
+                model=p.get("model.name", "?"),
+                method=p.get("loss.method", "?"),
+                toxic=int(p.get("data.toxic_count", 0)),
+                lam=float(p.get("loss.lam", "nan")),
+                final=final,
+                curves={k: v for k, v in curves.items() if v},
+                seed=int(p.get("train.seed", 0)),
+                rest=tuple(sorted((k, v) for k, v in p.items() if _is_setting(k))),
+            )
+        )
+    where = f"parent run {parent_run_id}" if parent_run_id else f"experiment {experiment}"
+    if not trials:
+        raise ReportError(
+            f"{where}: {len(runs)} trial run(s), none with final/eval/* metrics; run the sweep "
+            "with eval.in_sweep=true"
+        )
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    trials.sort(key=lambda t: (t.model, rank.get(t.method, 99), t.toxic, t.lam, t.seed, t.name))
+    seeded = len({t.seed for t in trials}) > 1
+    for t in trials:
+        t.seeded = seeded
+    return trials, skipped

@@ -1,0 +1,64 @@
+"""Sweep definitions -> Tune: the search space (``sweep.space`` + ``sweep.cases``), each
+trial's config overrides, the searcher and the scheduler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasft_ray.config import ConfigError, SweepConfig
+
+CASE_KEY = "case"
+
+
+def param_space(sweep: SweepConfig) -> dict[str, Any]:
+    """sweep.space / sweep.cases -> Tune's param_space (flat dotted keys)."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, p in sweep.space.items():
+        if p.grid is not None:
+            space[key] = tune.grid_search(list(p.grid))
+        elif p.choice is not None:
+            space[key] = tune.choice(list(p.choice))
+        elif p.uniform is not None:
+            space[key] = tune.uniform(*p.uniform)
+        else:
+            space[key] = tune.loguniform(*p.loguniform)
+    if sweep.cases:
+        space[CASE_KEY] = tune.grid_search([dict(c) for c in sweep.cases])
+    return space
+
+
+def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's sampled params -> dotted config overrides (a case expands into its keys)."""
+    out = {k: v for k, v in params.items() if k != CASE_KEY}
+    out.update(params.get(CASE_KEY, {}))
+    return out
+
+
+def search_alg(sweep: SweepConfig, seed: int):
+    """Tune's searcher for ``sweep.search`` (grid/random: seeded with ``seed``)."""
+    if sweep.search != "optuna":  # grid points enumerated, distributions sampled (seeded)
+        from ray.tune.search import BasicVariantGenerator
+
+        # Tune does not apply max_concurrent_trials to a BasicVariantGenerator passed in: without
+        # this, every trial starts at once and their workers deadlock on the logical CPUs.
+        return BasicVariantGenerator(random_state=seed, max_concurrent=sweep.max_concurrent_trials)
+    if any(p.grid is not None for p in sweep.space.values()) or sweep.cases:
+        raise ConfigError("sweep.search=optuna: use choice/uniform/loguniform, not grid or cases")
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ConfigError("sweep.search=optuna needs `pip install optuna`") from None
+    return OptunaSearch()
+
+
+def scheduler(sweep: SweepConfig, max_steps: int | None):
+    """ASHA on the reported step (``sweep.scheduler: asha``), else none."""
+    if sweep.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = max_steps or 10**6
+    # scheduled on the reported step: training_iteration restarts at 0 after a restore
+    return ASHAScheduler(time_attr="step", max_t=max_t, grace_period=sweep.grace_steps)
