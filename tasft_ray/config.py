@@ -166,7 +166,7 @@ class LossConfig(_Section):
         "model",
         description="dtype of the EMD cost embeddings and so of the penalty's two V x d "
         "matmuls (expected embedding, its gradient): model (as loaded) or bfloat16 (half the "
-        "copy; 3.8x faster matmuls on a CPU with AVX512-BF16, bench/RESULTS.md).",
+        "copy; faster matmuls on a CPU with AVX512-BF16: bench/RESULTS.md).",
     )
     nlcl_variant: Literal["sequence", "token"] = Field(
         "sequence",

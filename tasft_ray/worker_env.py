@@ -6,8 +6,8 @@ it to N itself (training/ray_train.py), a generation actor likewise (inference/g
 Allocator: on CPU a fused-loss chunk allocates (tokens x vocabulary) buffers of hundreds of MB
 (262k x 1024 fp32 = 1 GiB for Gemma 3). glibc serves any block above its mmap threshold (at
 most 32 MB by default) with a fresh mmap and unmaps it on free, so every chunk of every step
-page-faults its buffers in again: 0.24 s per 512 MB on the 2-core box, where filling a kept
-buffer takes 0.02 s (bench/RESULTS.md). Raising the mmap and trim thresholds keeps freed blocks
+page-faults its buffers in again, an order of magnitude slower than filling a kept buffer
+(bench/RESULTS.md). Raising the mmap and trim thresholds keeps freed blocks
 in the heap for the next chunk. ``MALLOC_ARENA_MAX=1`` is what makes it reach the training
 loop at all: Ray Train runs it in a non-main thread, and a thread's own arena cannot grow past
 64 MB, so without it every large block is still mmap'd whatever the threshold. glibc reads

@@ -1,7 +1,6 @@
 """Refusal detection: a refusal is neither harmful nor a useful answer, so it is detected
-apart from harm. ``keywords`` matches refusal phrases near the start of a response. A MiniLM
-head trained on XSTest refusal labels was tried and only matched it (0.89 vs 0.89 agreement on
-XSTest prompts it had not seen) at the cost of embedding every response, so it is not offered.
+apart from harm. ``keywords`` matches refusal phrases near the start of a response; its
+agreement with XSTest's human labels is in docs/guide.md ("Judges").
 """
 
 from __future__ import annotations
