@@ -8,7 +8,7 @@ import logging
 import sys
 
 from tasft_ray.config import ConfigError, load_config
-from tasft_ray.errors import UserError
+from tasft_ray.errors import find_user_error, one_line, quiet_user_errors
 
 EPILOG_TUNE = """examples:
   python -m tasft_ray.tune                                    # the embedded default
@@ -151,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    quiet_user_errors()
     prog = "tasft-ray tune" if args.command == "tune" else "tasft-ray"
     try:
         return _run(args)
-    except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # a UserError from a Ray task, actor, worker or trial, unwrapped
+        found = find_user_error(exc)
+        if found is None:
+            raise
+        print(f"{prog}: error: {one_line(found, 2000)}", file=sys.stderr)
         return 2
 
 
@@ -166,13 +170,13 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         overrides.append("train.max_steps=2")
         if args.command != "tune":
             overrides += ["generate.max_prompts=4", "generate.sampling.max_new_tokens=8"]
-    if getattr(args, "target", None):
+    if getattr(args, "target", None) is not None:  # 0 is rejected by validation, not "all"
         overrides.append(f"generate.target={args.target}")
     if getattr(args, "output", None) and args.command == "generate":
         overrides.append(f"generate.output={args.output}")
     if getattr(args, "adapter", None):
         overrides.append(f"eval.adapter={args.adapter}")
-    if getattr(args, "limit", None):
+    if getattr(args, "limit", None) is not None:
         overrides.append(f"eval.max_prompts={args.limit}")
     return overrides
 
@@ -195,7 +199,12 @@ def _run(args: argparse.Namespace) -> int:
 
     result = run_training(cfg, resume=args.resume)
     loss = result.metrics.get("loss/total", float("nan"))
-    print(f"trained {result.step} steps; final loss {loss:.4f}; checkpoint {result.checkpoint}")
+    done = (
+        f"already finished at step {result.step}"
+        if result.finished_before
+        else (f"trained {result.step} steps")
+    )
+    print(f"{done}; final loss {loss:.4f}; checkpoint {result.checkpoint}")
     return 0
 
 
@@ -208,15 +217,38 @@ def _tune(args: argparse.Namespace, overrides: list[str]) -> int:
         cfg = load_sweep_config(args.resume, overrides)
     else:
         cfg = load_config(args.config, overrides)
-    outcome = run_sweep(cfg, resume=args.resume)
-    results = outcome.results
-    print(summary(results, cfg))
+    try:
+        outcome = run_sweep(cfg, resume=args.resume)
+    except KeyboardInterrupt:
+        print("tasft-ray tune: interrupted; finish it with --resume SWEEP_DIR", file=sys.stderr)
+        return 130
+    print(summary(outcome, cfg))
+    where = f"results: {outcome.sweep_dir}; MLflow parent run {outcome.parent_run_id}"
     if outcome.report:
         print(f"\n{outcome.report_text}\nreport: {outcome.report / 'report.md'}")
-    failed = sum(1 for r in results if r.error)
+    print(where)
+    if outcome.unfinished or outcome.not_started:
+        later = f" and {outcome.not_started} not started" if outcome.not_started else ""
+        print(
+            f"tasft-ray tune: interrupted with {len(outcome.unfinished)} trial(s) unfinished "
+            f"({', '.join(outcome.unfinished) or 'none'}){later}; finish them with --resume "
+            f"{outcome.sweep_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    failed = outcome.failed
+    user = [(name, find_user_error(err)) for name, err in failed]
+    if failed and all(u for _, u in user):  # bad input: resuming would fail the same way
+        for name, err in user:
+            print(f"tasft-ray tune: error: trial {name}: {err}", file=sys.stderr)
+        return 2
     if failed:
-        print(f"{failed} trial(s) failed; finish them with --resume", file=sys.stderr)
-    return 1 if failed else 0
+        print(
+            f"{len(failed)} trial(s) failed; finish them with --resume {outcome.sweep_dir}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _generate(cfg, overwrite: bool) -> int:

@@ -26,14 +26,17 @@ def init_ray(cfg: Config, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    env = worker_env(cfg.engine)
+    runtime_env = {
+        "env_vars": worker_env(cfg.engine),
+        "worker_process_setup_hook": "tasft_ray.errors.quiet_user_errors",
+    }
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": env})
+        ray.init(runtime_env=runtime_env)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local use: no token auth
         ray.init(
             address="local",  # a new local cluster, never one a stale `ray start` file names
             num_cpus=num_cpus or logical_cpus(cfg),
             include_dashboard=True,
-            runtime_env={"env_vars": env},
+            runtime_env=runtime_env,
         )

@@ -22,6 +22,10 @@ CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_CONFIG = "quickstart"
 
 Method = Literal["sft", "emd", "nlcl", "kto", "stl"]
+# Methods whose loss needs the safety-related rows: without them they would silently be SFT.
+NEEDS_RELATED = ("emd", "nlcl", "kto", "stl")
+# tasft_ray.judges registers exactly these (tests/test_judges.py checks it).
+JudgeName = Literal["offline", "deberta", "openai-moderation"]
 SourceFormat = Literal[
     "alpaca",
     "stl_eval",
@@ -332,7 +336,7 @@ class GenerateConfig(_Section):
         1, ge=1, description="Logical CPUs (and torch threads) per generator actor."
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    judge: str = Field("offline", description="tasft_ray.judges name.")
+    judge: JudgeName = Field("offline", description="Harm judge (tasft_ray.judges).")
     judge_options: dict[str, Any] = Field(default_factory=dict)
     target: int | None = Field(
         None, ge=1, description="Stop once this many harmful pairs are kept (else all prompts)."
@@ -391,7 +395,7 @@ class EvalConfig(_Section):
         default_factory=lambda: SamplingConfig(do_sample=False),
         description="Greedy by default, so an evaluation is repeatable.",
     )
-    judge: str = "offline"
+    judge: JudgeName = Field("offline", description="Harm judge (tasft_ray.judges).")
     judge_options: dict[str, Any] = Field(default_factory=dict)
     adapter: str | None = Field(
         None, description="LoRA adapter folder, or mlflow:RUN_ID (None: the base model)."
@@ -446,6 +450,15 @@ class Config(_Section):
                     f"train.global_batch_size={t.global_batch_size} but micro_batch_size x "
                     f"grad_accum x num_workers = {got}; change grad_accum or drop global_batch_size"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _related_rows(self) -> Config:
+        if self.loss.method in NEEDS_RELATED and self.data.toxic_count == 0:
+            raise ValueError(
+                f"loss.method={self.loss.method} needs safety-related pairs but "
+                "data.toxic_count is 0; set data.toxic_count >= 1, or loss.method=sft"
+            )
         return self
 
     @model_validator(mode="after")
@@ -521,12 +534,14 @@ def load_config(
         raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    given: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value, e.g. loss.lam=2.0")
         _set_dotted(raw, key.strip(), yaml.safe_load(value), origin=f"override '{item}'")
-    return _validate(raw, origin=str(path))
+        given[key.strip()] = f"override '{item}'"
+    return _validate(raw, origin=str(path), given=given)
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str) -> None:
@@ -540,15 +555,24 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str) -> None:
     node[parts[-1]] = value
 
 
-def _validate(raw: dict[str, Any], origin: str) -> Config:
+def _validate(raw: dict[str, Any], origin: str, given: dict[str, str] | None = None) -> Config:
+    """Validate; each problem is blamed on the override that set its key, else on ``origin``."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: {_describe(exc)}") from None
+        given = given or {}
+        whole = " with ".join([origin, *given.values()])  # a rule across keys: all of them
+        by_origin: dict[str, list[str]] = {}
+        for loc, msg in _describe(exc):
+            touched = [o for k, o in given.items() if f"{loc}.".startswith(f"{k}.")]
+            touched += [o for k, o in given.items() if loc and k.startswith(f"{loc}.")]
+            blamed = touched[-1] if touched else (origin if loc else whole)
+            by_origin.setdefault(blamed, []).append(f"{loc}: {msg}" if loc else msg)
+        raise ConfigError("; ".join(f"{o}: {'; '.join(m)}" for o, m in by_origin.items())) from None
 
 
-def _describe(exc: ValidationError) -> str:
-    msgs = []
+def _describe(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         msg = err["msg"].removeprefix("Value error, ")
@@ -556,5 +580,5 @@ def _describe(exc: ValidationError) -> str:
             msg = "unknown key"
         elif "input" in err and not isinstance(err["input"], dict) and err["type"] != "missing":
             msg += f" (got {err['input']!r})"
-        msgs.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(msgs)
+        out.append((loc, msg))
+    return out

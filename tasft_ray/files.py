@@ -14,9 +14,13 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from tasft_ray.errors import UserError
 
 
 def _umask() -> int:
@@ -97,3 +101,95 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+LOCK_FILE = ".tasft.lock"
+
+
+def check_writable(path: str | os.PathLike, key: str, folder: bool = True) -> None:
+    """One line naming ``key`` when ``path`` (a folder, or with ``folder=False`` a file) could
+    not be created or written: checked before any work starts, not at the first write."""
+    target = Path(path).expanduser().absolute()
+    if target.exists() and target.is_dir() != folder:
+        kind = "a folder" if target.is_dir() else "a file"
+        raise UserError(f"{key} {path}: is {kind}, expected {'a folder' if folder else 'a file'}")
+    probe = target if folder else target.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{key} {path}: {probe} is a file, so nothing can be created below it")
+    blocked = target.exists() and not os.access(target, os.W_OK)
+    if blocked or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{key} {path}: {probe} is not writable by this user")
+
+
+def _holder(lock: Path) -> dict | None:
+    try:
+        data = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+
+
+def _alive(holder: dict) -> bool:
+    """Only a process on this host can be checked; one elsewhere is taken to be running."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(lock: str | os.PathLike, key: str, what: str) -> Iterator[None]:
+    """One writer per output: the lock file holds the owner's pid, host and start time.
+
+    A second writer fails with one line naming the holder and ``key``; a lock left by a process
+    that is gone (same host, pid not running) is taken over. Taking over renames the stale file
+    away first, so of two processes that find it stale only one gets the lock.
+    """
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%FT%T")}
+    for _ in range(20):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is None:  # being written this instant, or garbage: look again shortly
+                if time.time() - _mtime(lock) < 5:
+                    time.sleep(0.1)
+                    continue
+            elif _alive(holder):
+                where = holder.get("host")
+                hint = "" if where == me["host"] else f"; if that run is gone, delete {lock}"
+                raise UserError(
+                    f"{key} {what} is in use by pid {holder['pid']} on {where} since "
+                    f"{holder.get('since')}: one run per output{hint}"
+                ) from None
+            stale = lock.with_name(f"{lock.name}.stale.{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(lock, stale)
+                stale.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise UserError(f"{key} {what}: could not take the lock {lock}")
+    try:
+        yield
+    finally:
+        if (_holder(lock) or {}).get("pid") == me["pid"]:
+            lock.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

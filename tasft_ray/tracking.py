@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 
 from tasft_ray.config import Config, ConfigError, flatten
+from tasft_ray.errors import one_line
+from tasft_ray.files import check_writable, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ def tracking_uri(cfg: Config) -> str:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """One line, before any work starts, if the tracking server cannot be reached."""
+    """One line, before any work starts, if the tracking store cannot be used: a server that
+    does not answer, a sqlite file that cannot be written, a scheme MLflow does not know."""
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
@@ -41,8 +44,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                 f"tracking.uri {uri}: MLflow server unreachable ({reason}); start one with "
                 "`mlflow server --backend-store-uri sqlite:///mlflow.db` or use a sqlite:/// URI"
             ) from None
-    elif uri.startswith("sqlite:///"):
+        return
+    if uri.startswith("sqlite:///"):
+        check_writable(uri.removeprefix("sqlite:///"), "tracking.uri", folder=False)
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises many types for a store it cannot open
+        raise ConfigError(
+            f"tracking.uri {uri}: cannot open this MLflow store ({type(exc).__name__}: "
+            f"{one_line(exc, 200)}); use sqlite:///ABS/PATH/mlflow.db or http://HOST:PORT"
+        ) from None
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -83,13 +95,14 @@ def start_parent_run(uri: str, cfg: Config, sweep_dir: Path) -> str:
     """The sweep's parent run; its id is kept in the sweep folder so --resume reuses it."""
     marker = sweep_dir / PARENT_RUN_FILE
     if marker.is_file():
-        return marker.read_text().strip()
+        run_id = marker.read_text().strip()
+        reopen(uri, run_id)
+        return run_id
     exp = ensure_experiment(uri, cfg.tracking.experiment)
     run = client(uri).create_run(exp, run_name=cfg.sweep.name, tags={SWEEP_TAG: cfg.sweep.name})
     log_params(uri, run.info.run_id, cfg)
     client(uri).log_text(run.info.run_id, cfg.to_yaml(), "config.yaml")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(run.info.run_id)
+    write_atomic(marker, run.info.run_id)
     return run.info.run_id
 
 
@@ -102,6 +115,8 @@ def child_run(uri: str, cfg: Config, parent_id: str, trial_id: str, trial_name: 
         filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{parent_id}'",
     )
     if found:
+        if found[0].info.status != "FINISHED":  # killed with the sweep: running again now
+            reopen(uri, found[0].info.run_id)
         return found[0].info.run_id
     run = c.create_run(exp, run_name=trial_name, tags={PARENT_TAG: parent_id, TRIAL_TAG: trial_id})
     log_params(uri, run.info.run_id, cfg)
@@ -146,3 +161,32 @@ class StepLogger:
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
+
+
+def reopen(uri: str, run_id: str) -> None:
+    """A run that ended KILLED or FAILED and is being continued is RUNNING again."""
+    client(uri).update_run(run_id, status="RUNNING")
+
+
+def finish_children(
+    uri: str, parent_id: str, status: str, trial_ids: set[str] | None = None
+) -> None:
+    """End the parent's child runs that are still RUNNING, and those of ``trial_ids`` that did
+    not finish (trials stopped with the sweep, whatever their own last word was)."""
+    c = client(uri)
+    parent = c.get_run(parent_id)
+    runs = c.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'"
+    )
+    for run in runs:
+        stopped = run.data.tags.get(TRIAL_TAG) in (trial_ids or set())
+        if run.info.status == "RUNNING" or (stopped and run.info.status != "FINISHED"):
+            c.set_terminated(run.info.run_id, status=status)
+
+
+def child_statuses(uri: str, parent_id: str) -> dict[str, str]:
+    """Trial id -> status of each of the parent's child runs."""
+    c = client(uri)
+    exp = c.get_run(parent_id).info.experiment_id
+    runs = c.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    return {r.data.tags.get(TRIAL_TAG, ""): r.info.status for r in runs}

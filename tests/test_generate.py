@@ -94,7 +94,12 @@ def test_interrupted_generation_resumes_to_exactly_every_prompt(tmp_path):
 
     # a generated dataset is directly usable as D_related
     cfg = load_config(
-        "tiny", [f"data.harmful={{path: {out}, format: generated}}", "data.toxic_count=0"]
+        "tiny",
+        [
+            f"data.harmful={{path: {out}, format: generated}}",
+            "data.toxic_count=0",
+            "loss.method=sft",
+        ],
     )
     n_harmful = sum(r["harmful"] for r in rows)
     if n_harmful:

@@ -27,11 +27,12 @@ from tasft_ray.config import Config, ConfigError, EvalConfig
 from tasft_ray.data.benchmarks import BENCHMARKS, VAL, benchmark_prompts
 from tasft_ray.evaluation.metrics import summarize
 from tasft_ray.evaluation.model_metrics import model_metrics
-from tasft_ray.files import to_jsonl, write_atomic
+from tasft_ray.files import LOCK_FILE, check_writable, output_lock, to_jsonl, write_atomic
 from tasft_ray.inference.adapters import adapter_from_spec
 from tasft_ray.inference.generator import generate_responses, load_generator_model
 from tasft_ray.inference.judging import JudgeStage
 from tasft_ray.inference.pipeline import answer_pipeline, clean_row, pipeline_cpus
+from tasft_ray.judges import check_judge
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,19 @@ class EvalResult:
 
 def run_evaluate(cfg: Config, progress: bool = True) -> EvalResult:
     """Answer, judge, summarise, write. The generate pipeline with eval's sampling and judge."""
+    e = cfg.eval
+    tracking.check_reachable(tracking.tracking_uri(cfg))
+    check_writable(e.output_dir, "eval.output_dir")
+    check_judge(e.judge, e.judge_options, "eval.judge")
+    adapter = adapter_from_spec(e.adapter, "eval.adapter", tracking.tracking_uri(cfg))
+    with output_lock(Path(e.output_dir) / LOCK_FILE, "eval.output_dir", e.output_dir):
+        return _evaluate(cfg, adapter, progress)
+
+
+def _evaluate(cfg: Config, adapter: str | None, progress: bool) -> EvalResult:
     from tqdm.auto import tqdm
 
     e = cfg.eval
-    adapter = adapter_from_spec(e.adapter, "eval.adapter", tracking.tracking_uri(cfg))
     prompts = eval_prompts(e, cfg.data_root)
     start = time.perf_counter()
     rows: list[dict] = []

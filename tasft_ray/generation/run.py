@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,11 @@ from tasft_ray import tracking
 from tasft_ray.cluster import init_ray
 from tasft_ray.config import Config
 from tasft_ray.errors import UserError
-from tasft_ray.files import read_jsonl, to_jsonl, write_atomic
+from tasft_ray.files import check_writable, output_lock, read_jsonl, to_jsonl, write_atomic
 from tasft_ray.generation.prompts import load_prompts
 from tasft_ray.inference.adapters import adapter_from_spec
 from tasft_ray.inference.pipeline import answer_pipeline, clean_row, pipeline_cpus
+from tasft_ray.judges import check_judge
 from tasft_ray.training.checkpoints import ADAPTER_DIR, checkpoint_step, list_checkpoints
 from tasft_ray.training.local import run_training
 
@@ -66,14 +68,28 @@ def resolve_adapter(cfg: Config) -> str | None:
 
 
 def run_generate(cfg: Config, overwrite: bool = False, progress: bool = True) -> GenerateResult:
-    """Generate, judge and write until the target is met or the prompts run out."""
+    """Generate, judge and write until the target is met or the prompts run out.
+
+    The tracking store and the output path are checked before any work, and one run at a time
+    writes an output (a lock beside it). A rerun resumes from the rows already written;
+    ``overwrite`` starts over, and the old file is replaced only once the new one is complete.
+    """
+    g = cfg.generate
+    out = Path(g.output)
+    tracking.check_reachable(tracking.tracking_uri(cfg))
+    check_writable(out, "generate.output", folder=False)
+    check_judge(g.judge, g.judge_options, "generate.judge")
+    with output_lock(out.with_name(f".{out.name}.lock"), "generate.output", str(out)):
+        return _generate(cfg, out, overwrite, progress)
+
+
+def _generate(cfg: Config, out: Path, overwrite: bool, progress: bool) -> GenerateResult:
     from tqdm.auto import tqdm
 
     g = cfg.generate
-    out = Path(g.output)
-    if overwrite and out.exists():
-        out.unlink()
-    rows = read_jsonl(out)
+    # --overwrite writes aside until done: a failure leaves the old data set where it was
+    dest = out.with_name(f".{out.name}.overwrite") if overwrite else out
+    rows = [] if overwrite else read_jsonl(out)
     done = {r["id"] for r in rows}
     prompts = [p for p in load_prompts(g, cfg.data_root) if p["id"] not in done]
     harmful = sum(bool(r["harmful"]) for r in rows)
@@ -94,15 +110,18 @@ def run_generate(cfg: Config, overwrite: bool = False, progress: bool = True) ->
                 bar.update(1)
                 bar.set_postfix(harmful=harmful)
                 if new % g.flush_every == 0:
-                    write_atomic(out, to_jsonl(rows))
+                    write_atomic(dest, to_jsonl(rows))
                 if g.fail_after_rows and new >= g.fail_after_rows:
-                    write_atomic(out, to_jsonl(rows))
+                    write_atomic(dest, to_jsonl(rows))
                     raise InjectedStop(f"generate.fail_after_rows: stopped after {new} rows")
                 if g.target and harmful >= g.target:
                     break
         finally:
             bar.close()
-        write_atomic(out, to_jsonl(rows))
+    if new or overwrite:
+        write_atomic(dest, to_jsonl(rows))
+    if overwrite:
+        os.replace(dest, out)
     seconds = time.perf_counter() - start
     left = len(prompts) - new
     result = GenerateResult(out, len(rows), harmful, new, seconds, left)

@@ -7,15 +7,37 @@ from pathlib import Path
 
 from tasft_ray import tracking
 from tasft_ray.config import ConfigError
-from tasft_ray.training.checkpoints import ADAPTER_DIR
+from tasft_ray.training.checkpoints import ADAPTER_CONFIG, ADAPTER_DIR
 
 
 def adapter_from_spec(spec: str | None, field: str, tracking_uri: str) -> str | None:
-    """A LoRA adapter folder, or ``mlflow:RUN_ID`` (the run's logged adapter, downloaded)."""
+    """A LoRA adapter folder, or ``mlflow:RUN_ID`` (the run's logged adapter, downloaded);
+    checked here, so a wrong one is one line before any model is loaded."""
     if spec and spec.startswith("mlflow:"):
         run_id = spec.removeprefix("mlflow:")
         c = tracking.client(tracking_uri)
-        return c.download_artifacts(run_id, ADAPTER_DIR, tempfile.mkdtemp(prefix="tasft_adapter_"))
-    if spec and not Path(spec).is_dir():
-        raise ConfigError(f"{field}: no such folder {spec}")
-    return spec
+        try:
+            c.get_run(run_id)
+            logged = c.list_artifacts(run_id, ADAPTER_DIR)
+        except Exception:  # MLflow raises its own exception types for an unknown run
+            raise ConfigError(f"{field}: {spec}: no such MLflow run at {tracking_uri}") from None
+        if not logged:
+            raise ConfigError(f"{field}: {spec}: the run has no logged {ADAPTER_DIR}/")
+        folder = c.download_artifacts(run_id, ADAPTER_DIR, tempfile.mkdtemp(prefix="tasft_"))
+        return check_adapter(folder, f"{field}: {spec}")
+    if spec:
+        return check_adapter(spec, field)
+    return None
+
+
+def check_adapter(folder: str, field: str) -> str:
+    """``folder`` if it holds a peft adapter, else one line naming ``field``."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"{field}: no such folder {folder}")
+    if not (path / ADAPTER_CONFIG).is_file():
+        raise ConfigError(
+            f"{field}: {folder} is not a LoRA adapter (no {ADAPTER_CONFIG}); give a checkpoint's "
+            f"{ADAPTER_DIR}/ folder"
+        )
+    return folder

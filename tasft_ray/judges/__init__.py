@@ -26,7 +26,7 @@ from tasft_ray.judges.offline import (
     pair_features,
 )
 from tasft_ray.judges.refusal import KeywordRefusalDetector, RefusalDetector
-from tasft_ray.judges.registry import JUDGES, load_judge, load_refusal_detector
+from tasft_ray.judges.registry import JUDGES, check_judge, load_judge, load_refusal_detector
 
 __all__ = [
     "HEAD_FORMAT",
@@ -40,6 +40,7 @@ __all__ = [
     "OfflineJudge",
     "OpenAIModerationJudge",
     "RefusalDetector",
+    "check_judge",
     "embed",
     "load_encoder",
     "load_heads",

@@ -106,3 +106,9 @@ class HarmJudge(ABC):
 
     @abstractmethod
     def _score(self, prompts: list[str], responses: list[str]) -> Sequence[float]: ...
+
+    @classmethod
+    def preflight(cls, **options) -> None:
+        """Raise JudgeError if the judge could not run with ``options`` (credentials, say);
+        cheap, loads nothing. Judges needing nothing outside their options keep this one."""
+        return None

@@ -73,11 +73,8 @@ class OpenAIModerationJudge(HarmJudge):
             import openai
         except ImportError:
             raise JudgeError("openai-moderation judge needs `pip install 'openai>=1'`") from None
+        self.preflight()
         self._key = os.environ.get("OPENAI_API_KEY", "")
-        if not self._key.strip():
-            raise JudgeError(
-                "openai-moderation judge needs the OPENAI_API_KEY environment variable"
-            )
         self._openai = openai
         self.client = openai.OpenAI(
             api_key=self._key, base_url=base_url, max_retries=0, timeout=timeout_s
@@ -89,6 +86,13 @@ class OpenAIModerationJudge(HarmJudge):
         self.max_backoff_s = float(max_backoff_s)
         self._sleep = sleep
         self._last: tuple[tuple[str, ...], list[Moderation]] | None = None
+
+    @classmethod
+    def preflight(cls, **options) -> None:
+        if not os.environ.get("OPENAI_API_KEY", "").strip():
+            raise JudgeError(
+                "openai-moderation judge needs the OPENAI_API_KEY environment variable"
+            )
 
     def moderate(self, texts: list[str]) -> list[Moderation]:
         """Moderation results for ``texts``, in order, one request per batch."""

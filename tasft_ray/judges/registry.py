@@ -21,7 +21,9 @@ REFUSAL_DETECTORS: dict[str, type[RefusalDetector]] = {
 }
 
 
-def _build(kind: str, registry: dict[str, type[Any]], name: str, options: dict[str, Any]) -> Any:
+def _checked(
+    kind: str, registry: dict[str, type[Any]], name: str, options: dict[str, Any]
+) -> type[Any]:
     cls = registry.get(name)
     if cls is None:
         raise JudgeError(f"unknown {kind} '{name}' (known: {', '.join(registry)})")
@@ -32,7 +34,22 @@ def _build(kind: str, registry: dict[str, type[Any]], name: str, options: dict[s
             f"{kind} '{name}': unknown option(s) {', '.join(unknown)} "
             f"(options: {', '.join(accepted) or 'none'})"
         )
-    return cls(**options)
+    return cls
+
+
+def _build(kind: str, registry: dict[str, type[Any]], name: str, options: dict[str, Any]) -> Any:
+    return _checked(kind, registry, name, options)(**options)
+
+
+def check_judge(name: str, options: dict[str, Any], key: str) -> None:
+    """What can be known about a judge without loading it, as one line naming ``key``: the
+    name, the options, and the credentials it needs. Run before work starts; the judge itself
+    loads later, inside a Ray actor."""
+    try:
+        cls = _checked("judge", JUDGES, name, options)
+        cls.preflight(**options)
+    except JudgeError as exc:
+        raise JudgeError(f"{key}: {exc}") from None
 
 
 def load_judge(name: str = "offline", **options: Any) -> HarmJudge:

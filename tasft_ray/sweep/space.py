@@ -3,9 +3,10 @@ trial's config overrides, the searcher and the scheduler."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
-from tasft_ray.config import ConfigError, SweepConfig
+from tasft_ray.config import Config, ConfigError, SweepConfig
 
 CASE_KEY = "case"
 
@@ -34,6 +35,31 @@ def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in params.items() if k != CASE_KEY}
     out.update(params.get(CASE_KEY, {}))
     return out
+
+
+def check_trial_configs(cfg: Config) -> int:
+    """Validate the config of every trial the sweep can run, before any of them starts: each
+    grid and choice value, both ends of each range, crossed with every case. One line names the
+    offending values. Returns the number of configs checked."""
+    axes = []
+    for key, p in cfg.sweep.space.items():
+        values = p.grid if p.grid is not None else p.choice
+        values = values if values is not None else list(p.uniform or p.loguniform or ())
+        axes.append([(key, v) for v in values])
+    cases = [dict(c) for c in cfg.sweep.cases] or [{}]
+    checked = 0
+    for combo in itertools.product(*axes):
+        for case in cases:
+            overrides = {**dict(combo), **case}
+            try:
+                cfg.with_overrides(overrides)
+            except ConfigError as exc:
+                shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+                raise ConfigError(
+                    f"sweep trial with {shown}: {str(exc).removeprefix('override: ')}"
+                ) from None
+            checked += 1
+    return checked
 
 
 def search_alg(sweep: SweepConfig, seed: int):

@@ -18,6 +18,7 @@ from pathlib import Path
 ADAPTER_DIR = "adapter"
 STATE_FILE = "trainer_state.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"  # peft writes both
 
 
 def rng_file(rank: int) -> str:

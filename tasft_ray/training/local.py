@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from tasft_ray.config import Config, ConfigError
-from tasft_ray.files import write_atomic
-from tasft_ray.training.checkpoints import list_checkpoints
+from tasft_ray.files import LOCK_FILE, check_writable, output_lock, read_jsonl, write_atomic
+from tasft_ray.training.checkpoints import STATE_FILE, list_checkpoints
 from tasft_ray.training.loop import TASFTTrainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -40,30 +40,56 @@ class MetricsLog:
 def run_training(
     cfg: Config, resume: str | Path | bool | None = None, progress: bool = True
 ) -> TrainResult:
-    """Single-process training as `tasft-ray train` runs it; returns a TrainResult."""
+    """Single-process training as `tasft-ray train` runs it; returns a TrainResult.
+
+    One run per ``train.output_dir`` at a time (a lock file); ``resume`` is True (the latest
+    checkpoint there) or a checkpoint folder. A run that has already reached its last step
+    returns that checkpoint without training.
+    """
     if cfg.engine.kind == "deepspeed":
         raise ConfigError(
             "engine.kind=deepspeed needs a distributed launch: use python -m tasft_ray.tune "
             "(Ray Train), or engine.kind=ddp for one process"
         )
     cfg = cfg.with_overrides({"engine.kind": "ddp"})  # one process: plain torch
-    ckpt_root = Path(cfg.train.output_dir) / "checkpoints"
-    found = list_checkpoints(ckpt_root)
+    out = Path(cfg.train.output_dir)
+    check_writable(out, "train.output_dir")
+    with output_lock(out / LOCK_FILE, "train.output_dir", str(out)):
+        return _train(cfg, out, _resume_from(out / "checkpoints", resume, cfg), progress)
+
+
+def _resume_from(root: Path, resume: str | Path | bool | None, cfg: Config) -> Path | None:
+    found = list_checkpoints(root)
     if resume is True:
         if not found:
-            raise ConfigError(f"--resume: no checkpoint under {ckpt_root}")
-        resume = found[-1]
-    elif not resume and found:
+            raise ConfigError(f"--resume: no checkpoint under {root}")
+        return found[-1]
+    if resume:
+        path = Path(resume)
+        if not (path / STATE_FILE).is_file():
+            latest = f"; the latest under {root} is {found[-1]}" if found else ""
+            raise ConfigError(
+                f"--resume {resume}: not a checkpoint folder (no {STATE_FILE}){latest}"
+            )
+        return path
+    if found:
         raise ConfigError(
             f"train.output_dir {cfg.train.output_dir} already has checkpoints (latest "
             f"{found[-1].name}); pass --resume to continue, or choose another output_dir"
         )
+    return None
+
+
+def _train(cfg: Config, out: Path, resume: Path | None, progress: bool) -> TrainResult:
     gpu = cfg.engine.use_gpu and torch.cuda.is_available()
     trainer = TASFTTrainer(cfg, device=torch.device("cuda" if gpu else "cpu"))
     if resume:
-        trainer.load_checkpoint(Path(resume))
+        trainer.load_checkpoint(resume)
         log.info("resumed from %s at step %d", resume, trainer.step)
-    out = Path(cfg.train.output_dir)
+        if trainer.step >= trainer.total_steps:
+            rows = read_jsonl(out / METRICS_FILE)
+            last = next((r for r in reversed(rows) if r.get("step") == trainer.step), {})
+            return TrainResult(trainer.step, last, resume, finished_before=True)
     write_atomic(out / CONFIG_FILE, cfg.to_yaml())
     metrics_log = MetricsLog(out / METRICS_FILE, trainer.step)
 

@@ -23,6 +23,7 @@ import torch
 
 from tasft_ray.config import Config, ConfigError
 from tasft_ray.data.mixture import Mixture, build_mixture, collate, epoch_order, group_by_length
+from tasft_ray.errors import one_line
 from tasft_ray.files import atomic_dir
 from tasft_ray.losses import LossParts, OutputHead, sequence_logprobs, tasft_loss
 from tasft_ray.training.checkpoints import (
@@ -51,6 +52,7 @@ class TrainResult:
     step: int
     metrics: dict
     checkpoint: Path | None
+    finished_before: bool = False  # resumed at its last step: nothing was trained
 
 
 class TASFTTrainer:
@@ -220,10 +222,20 @@ class TASFTTrainer:
 
         directory = Path(directory)
         adapter = load_file(str(directory / ADAPTER_DIR / ADAPTER_WEIGHTS))
-        with self.engine.full_parameters():
-            result = set_peft_model_state_dict(self.model, adapter)
+        try:
+            with self.engine.full_parameters():
+                result = set_peft_model_state_dict(self.model, adapter)
+        except RuntimeError as exc:  # a tensor of another shape: lora.r differs
+            raise ConfigError(
+                f"{directory}: its adapter does not fit this model and lora settings "
+                f"(lora.r, lora.target_modules and model.name must match the run that wrote "
+                f"it): {one_line(str(exc).splitlines()[-1], 200)}"
+            ) from None
         if getattr(result, "unexpected_keys", None):
-            raise ConfigError(f"{directory}: adapter does not match the model ({result})")
+            raise ConfigError(
+                f"{directory}: its adapter does not fit this model and lora settings (unexpected "
+                f"keys, e.g. {result.unexpected_keys[0]}; lora.target_modules differ?)"
+            )
         self.engine.load(directory)
         rng = directory / rng_file(self.rank)
         if rng.is_file():  # absent when resuming on more ranks than wrote the checkpoint
