@@ -30,6 +30,10 @@ EPILOG_GENERATE = """examples:
   tasft-ray generate --set "generate.prompts=[{name: catqa}]" --set generate.judge=deberta
   (rerun the same command after an interruption: it resumes from the output file)
 """
+EPILOG_DOCTOR = """examples:
+  RAY_ADDRESS=ray://HEAD:10001 tasft-ray doctor --set sweep.storage=s3://BUCKET/sweeps
+  (with MLFLOW_TRACKING_URI=http://HOST:5000 and the AWS_* variables, as the sweep will run)
+"""
 EPILOG_CONFIG = """examples:
   tasft-ray config --config tiny --set loss.method=nlcl   # print the validated, resolved YAML
 """
@@ -137,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--parent-run", default=None, metavar="ID", help="one sweep's parent run")
     which.add_argument("--experiment", default=None, metavar="NAME", help="every sweep in it")
     rep.add_argument("--output", default=None, help="folder (default runs/report/<ID or NAME>)")
+    doc = sub.add_parser(
+        "doctor",
+        help="check a Ray cluster for sweeps: nodes, and storage and tracking from every node",
+        epilog=EPILOG_DOCTOR,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(doc)
     show = sub.add_parser(
         "config",
         help="validate and print a resolved config",
@@ -195,6 +206,8 @@ def _run(args: argparse.Namespace) -> int:
         return _evaluate(cfg)
     if args.command == "report":
         return _report(cfg, args.parent_run, args.experiment, args.output)
+    if args.command == "doctor":
+        return _doctor(cfg)
     from tasft_ray.training.local import run_training
 
     result = run_training(cfg, resume=args.resume)
@@ -223,16 +236,19 @@ def _tune(args: argparse.Namespace, overrides: list[str]) -> int:
         print("tasft-ray tune: interrupted; finish it with --resume SWEEP_DIR", file=sys.stderr)
         return 130
     print(summary(outcome, cfg))
-    where = f"results: {outcome.sweep_dir}; MLflow parent run {outcome.parent_run_id}"
+    where = (
+        f"results: {outcome.sweep.uri}; MLflow: parent run {outcome.parent_run_id} at "
+        f"{outcome.tracking_uri}"
+    )
     if outcome.report:
-        print(f"\n{outcome.report_text}\nreport: {outcome.report / 'report.md'}")
+        print(f"\n{outcome.report_text}\nreport: {outcome.report.uri}/report.md")
     print(where)
     if outcome.unfinished or outcome.not_started:
         later = f" and {outcome.not_started} not started" if outcome.not_started else ""
         print(
             f"tasft-ray tune: interrupted with {len(outcome.unfinished)} trial(s) unfinished "
             f"({', '.join(outcome.unfinished) or 'none'}){later}; finish them with --resume "
-            f"{outcome.sweep_dir}",
+            f"{outcome.sweep.uri}",
             file=sys.stderr,
         )
         return 130
@@ -244,7 +260,7 @@ def _tune(args: argparse.Namespace, overrides: list[str]) -> int:
         return 2
     if failed:
         print(
-            f"{len(failed)} trial(s) failed; finish them with --resume {outcome.sweep_dir}",
+            f"{len(failed)} trial(s) failed; finish them with --resume {outcome.sweep.uri}",
             file=sys.stderr,
         )
         return 1
@@ -279,6 +295,18 @@ def _report(cfg, parent_run: str | None, experiment: str | None, output: str | N
     print(format_trials(trials))
     print(f"report: {folder / REPORT_MD}")
     return 0
+
+
+def _doctor(cfg) -> int:
+    from tasft_ray.doctor import check
+
+    report = check(cfg)
+    for line in report.nodes:
+        print(line)
+    for line in report.problems:
+        print(f"tasft-ray doctor: problem: {line}", file=sys.stderr)
+    print(f"{len(report.nodes)} node(s), {len(report.problems)} problem(s)")
+    return 2 if report.problems else 0
 
 
 def _evaluate(cfg) -> int:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from tasft_ray.errors import UserError
 
@@ -107,7 +114,7 @@ class SourceConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _exactly_one_origin(self) -> SourceConfig:
+    def _exactly_one_origin(self, info: ValidationInfo) -> SourceConfig:
         given = [k for k in ("name", "path", "url", "hf") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"give exactly one of name, path, url, hf (got {given or 'none'})")
@@ -115,7 +122,8 @@ class SourceConfig(_Section):
             raise ValueError(f"'format' is required with '{given[0]}'")
         if self.fallback is not None and not self.path:
             raise ValueError("'fallback' only applies to a 'path' source")
-        if self.path and not self.path_exists() and self.fallback is None:
+        checked = (info.context or {}).get("check_files", True)  # not on a worker's disk
+        if checked and self.path and not self.path_exists() and self.fallback is None:
             raise ValueError(f"file not found: {self.path}")
         return self
 
@@ -194,6 +202,12 @@ class TrainConfig(_Section):
     micro_batch_size: int = Field(3, ge=1, description="Examples per forward pass (paper: 3).")
     grad_accum: int = Field(32, ge=1, description="Micro-batches per optimizer step (paper: 32).")
     num_workers: int = Field(1, ge=1, description="Data-parallel workers.")
+    placement: Literal["pack", "spread", "strict_spread"] = Field(
+        "pack",
+        description="Where a trial's workers go: pack (as few nodes as fit: fastest all-reduce, "
+        "the default for GPU nodes with several GPUs), spread (across nodes where it can: one "
+        "worker per node, e.g. one GPU each), strict_spread (always one per node, or wait).",
+    )
     global_batch_size: int | None = Field(
         None, ge=1, description="If set, must equal micro_batch_size x grad_accum x num_workers."
     )
@@ -480,12 +494,18 @@ class Config(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
-    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+    def with_overrides(self, overrides: dict[str, Any], check_files: bool = True) -> Config:
         """A new validated config with dotted keys replaced (used by sweeps)."""
         raw = self.model_dump(mode="json")
         for key, value in overrides.items():
             _set_dotted(raw, key, value, origin="override")
-        return _validate(raw, origin="override")
+        return _validate(raw, origin="override", check_files=check_files)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], check_files: bool = True) -> Config:
+        """Validate a dumped config. Ray workers pass ``check_files=False``: they get their
+        data through Ray, and the driver's file paths need not exist on their node."""
+        return _validate(raw, origin="config", check_files=check_files)
 
 
 def cache_root(explicit: str | None = None) -> Path:
@@ -526,14 +546,20 @@ def load_config(
 ) -> Config:
     """Read YAML, apply ``a.b=value`` overrides (values parsed as YAML), validate."""
     path = resolve_config_path(spec)
+    return parse_config(path.read_text(), str(path), overrides)
+
+
+def parse_config(text: str, origin: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """YAML text (from a file or an object store, named ``origin`` in errors) + overrides."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{origin}:{where} invalid YAML ({problem})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{origin}: expected a mapping of sections at the top level")
     given: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -541,7 +567,7 @@ def load_config(
             raise ConfigError(f"override '{item}': expected key=value, e.g. loss.lam=2.0")
         _set_dotted(raw, key.strip(), yaml.safe_load(value), origin=f"override '{item}'")
         given[key.strip()] = f"override '{item}'"
-    return _validate(raw, origin=str(path), given=given)
+    return _validate(raw, origin=origin, given=given)
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str) -> None:
@@ -555,10 +581,12 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str) -> None:
     node[parts[-1]] = value
 
 
-def _validate(raw: dict[str, Any], origin: str, given: dict[str, str] | None = None) -> Config:
+def _validate(
+    raw: dict[str, Any], origin: str, given: dict[str, str] | None = None, check_files: bool = True
+) -> Config:
     """Validate; each problem is blamed on the override that set its key, else on ``origin``."""
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"check_files": check_files})
     except ValidationError as exc:
         given = given or {}
         whole = " with ".join([origin, *given.values()])  # a rule across keys: all of them

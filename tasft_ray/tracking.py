@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tasft_ray.config import Config, ConfigError, flatten
 from tasft_ray.errors import one_line
-from tasft_ray.files import check_writable, write_atomic
+from tasft_ray.files import check_writable
+from tasft_ray.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +92,18 @@ def log_params(uri: str, run_id: str, cfg: Config) -> None:
         c.log_batch(run_id, params=params[i : i + 100])
 
 
-def start_parent_run(uri: str, cfg: Config, sweep_dir: Path) -> str:
-    """The sweep's parent run; its id is kept in the sweep folder so --resume reuses it."""
-    marker = sweep_dir / PARENT_RUN_FILE
-    if marker.is_file():
-        run_id = marker.read_text().strip()
-        reopen(uri, run_id)
-        return run_id
+def start_parent_run(uri: str, cfg: Config, sweep: Location) -> str:
+    """The sweep's parent run; its id is kept in the sweep's folder (local or in an object
+    store) so --resume reuses it, and it is RUNNING again while resumed."""
+    found = sweep.read_text(PARENT_RUN_FILE)
+    if found:
+        reopen(uri, found.strip())
+        return found.strip()
     exp = ensure_experiment(uri, cfg.tracking.experiment)
     run = client(uri).create_run(exp, run_name=cfg.sweep.name, tags={SWEEP_TAG: cfg.sweep.name})
     log_params(uri, run.info.run_id, cfg)
     client(uri).log_text(run.info.run_id, cfg.to_yaml(), "config.yaml")
-    write_atomic(marker, run.info.run_id)
+    sweep.write_text(PARENT_RUN_FILE, run.info.run_id)
     return run.info.run_id
 
 

@@ -15,9 +15,10 @@ from test_alpaca_eval import prefer_longer
 from tasft_ray import tracking
 from tasft_ray.config import ConfigError, load_config
 from tasft_ray.data.benchmarks import BENCHMARKS, PAPER_SAFETY
+from tasft_ray.evaluation.data import eval_prompts, validation_prompts
 from tasft_ray.evaluation.degenerate import degenerate
 from tasft_ray.evaluation.metrics import format_summary, summarize
-from tasft_ray.evaluation.safety import eval_prompts, evaluate_in_process, validation_prompts
+from tasft_ray.evaluation.safety import evaluate_in_process
 
 
 def _row(bench, score, harmful, refused, response="A short, plain answer."):

@@ -46,6 +46,10 @@ def test_rayjob_runs_the_tune_module_with_enough_gpus():
     assert cpus >= cfg.engine.cpus_per_worker
     env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert "TASFT_DATA_DIR" in env["env_vars"]
+    # no shared disk: results in object storage, runs on a tracking server
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[argv.index("--set") + 1].startswith("sweep.storage=s3://")
+    assert env["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http://")
 
 
 def test_raycluster_fits_every_paper_config():
@@ -74,6 +78,8 @@ def test_cluster_launcher_yaml_is_consistent():
 def test_submit_script_is_valid_bash_and_submits_the_module():
     text = (JOBS / "submit.sh").read_text()
     assert "python -m tasft_ray.tune" in text and "ray job submit" in text
+    assert "MLFLOW_TRACKING_URI" in text and "AWS_ENDPOINT_URL" in text
+    assert "AWS_SECRET_ACCESS_KEY" not in text  # credentials stay on the nodes
     subprocess.run(["bash", "-n", str(JOBS / "submit.sh")], check=True)
 
 

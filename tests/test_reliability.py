@@ -143,19 +143,31 @@ def test_bad_sweep_value_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_trial_failing_on_bad_data_is_one_line_per_trial(tmp_path):
-    """The trial's Train worker raises a DataError (more pairs asked for than the data has):
-    unwrapped from Tune and Train, exit 2, and no advice to resume what cannot succeed."""
+def test_trial_failing_in_its_train_worker_is_one_line_per_trial(tmp_path):
+    """A user error only the Train worker can see (the model lacks the LoRA target modules):
+    unwrapped from Tune and Train, exit 2, and no advice to resume what cannot succeed. Bad
+    data fails in the driver, which prepares every trial's data, before any run exists."""
     proc = subprocess.run(
-        _tune_cmd(tmp_path, "sweep.cases=[{data.toxic_count: 100000}]", "engine.max_failures=0"),
+        _tune_cmd(tmp_path, "sweep.cases=[{lora.target_modules: [nosuch_proj]}]",
+                  "engine.max_failures=0"),
         cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=SWEEP_TIMEOUT,
     )  # fmt: skip
     line = _one_line(proc, "tasft-ray tune: error: ")
-    assert "data.toxic_count=100000 but data.harmful (name 'jbb_jailbroken') has only" in line
-    assert line.startswith("trial ") and "--resume" not in proc.stderr
+    assert line.startswith("trial run_trial_") and "--resume" not in proc.stderr
+    assert "lora.target_modules: ['nosuch_proj'] not in the model" in line
     _, parents, children = _runs(tmp_path)
     assert [p.info.status for p in parents] == ["FAILED"]
     assert [c.info.status for c in children] == ["FAILED"]
+
+    proc = subprocess.run(
+        _tune_cmd(tmp_path, "sweep.name=data", "sweep.cases=[{data.toxic_count: 100000}]"),
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=SWEEP_TIMEOUT,
+    )  # fmt: skip
+    line = _one_line(proc, "tasft-ray tune: error: ")
+    assert line == (
+        "data.toxic_count=100000 but data.harmful (name 'jbb_jailbroken') has only 750 usable pairs"
+    )
+    assert not (tmp_path / "ray" / "data").exists() and len(_runs(tmp_path)[1]) == 1
 
 
 # ----------------------------------------------------------------------------- interrupted sweeps
@@ -223,9 +235,13 @@ def test_sweep_killed_in_start_up_is_restartable_with_resume(tmp_path):
         while time.time() < deadline and not (sweep / SWEEP_CONFIG).exists():
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # before Ray is up: no Tune state yet
+        os.killpg(proc.pid, signal.SIGKILL)  # as the sweep starts
         proc.wait()
-    assert (sweep / SWEEP_CONFIG).exists() and not list(sweep.glob("tuner.pkl"))
+    # The driver saves its config only once the data is prepared, right before Tune starts: to
+    # meet the state a kill in between leaves every time, Tune's own files go too.
+    for state in {*sweep.glob("*.pkl"), *sweep.glob("experiment_state*")}:
+        state.unlink()
+    assert (sweep / SWEEP_CONFIG).exists()
     again = subprocess.run(_tune_cmd(tmp_path), cwd=tmp_path, env=_env(tmp_path),
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert f"pass --resume {sweep} to finish it" in _one_line(again, "tasft-ray tune: error: ")

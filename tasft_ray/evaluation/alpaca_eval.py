@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 
 from tasft_ray.config import AlpacaEvalConfig, ConfigError, SamplingConfig, SourceConfig
+from tasft_ray.data.records import Example
 from tasft_ray.data.sources import load_source
 from tasft_ray.errors import UserError
 from tasft_ray.inference.generator import generate_responses
@@ -109,8 +110,18 @@ class PairwiseJudge:
         return verdicts
 
 
+def reference_outputs(a: AlpacaEvalConfig, root: str | None) -> list[Example]:
+    """The first ``max_instructions`` AlpacaEval instructions with their reference outputs."""
+    return load_source(SourceConfig(name=a.reference), root)[: a.max_instructions]
+
+
 def win_rate(
-    a: AlpacaEvalConfig, model, tokenizer, root: str | None, batch_size: int = 8
+    a: AlpacaEvalConfig,
+    model,
+    tokenizer,
+    root: str | None,
+    batch_size: int = 8,
+    refs: list[Example] | None = None,
 ) -> tuple[dict[str, float], list[Verdict]]:
     """alpaca_eval/{win_rate, n, unparsed} of the in-memory model, or ({}, []) when skipped."""
     if not a.judge_model:
@@ -122,7 +133,7 @@ def win_rate(
     from tqdm.auto import tqdm
 
     judge = PairwiseJudge(a.judge_model, a.base_url)
-    refs = load_source(SourceConfig(name=a.reference), root)[: a.max_instructions]
+    refs = reference_outputs(a, root) if refs is None else refs
     sampling = SamplingConfig(do_sample=False, max_new_tokens=a.max_new_tokens)
     outputs: list[str] = []
     for i in tqdm(range(0, len(refs), batch_size), desc="alpaca_eval", unit="batch"):

@@ -42,14 +42,28 @@ def response_nll(
     return total / tokens
 
 
+def likelihood_sets(e: EvalConfig, root: str | None) -> dict[str, list[Example]]:
+    """The held-out responses of each set in ``eval.likelihood`` (first ``likelihood_max``)."""
+    return {
+        label: [x for x in load_source(source, root) if x.output][: e.likelihood_max]
+        for label, source in e.likelihood.items()
+    }
+
+
 def likelihood_metrics(
-    e: EvalConfig, model, tokenizer, max_length: int, root: str | None
+    e: EvalConfig,
+    model,
+    tokenizer,
+    max_length: int,
+    root: str | None,
+    sets: dict[str, list[Example]] | None = None,
 ) -> dict[str, float]:
     """``nll/<label>`` and ``nll/<label>/n`` for each set in ``eval.likelihood``
-    (``max_length``: the training token budget, ``data.max_length``)."""
+    (``max_length``: the training token budget, ``data.max_length``; ``sets``: already
+    loaded)."""
     out = {}
-    for label, source in e.likelihood.items():
-        examples = [x for x in load_source(source, root) if x.output][: e.likelihood_max]
+    sets = likelihood_sets(e, root) if sets is None else sets
+    for label, examples in sets.items():
         out[f"nll/{label}"] = response_nll(model, tokenizer, examples, max_length)
         out[f"nll/{label}/n"] = len(examples)
     return out

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tasft_ray.config import ConfigError, SourceConfig
+from tasft_ray.data.records import Example
 from tasft_ray.data.sources import load_source
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,27 @@ QUALITY_TASKS: dict[str, str] = {
 }
 
 
-def write_docs(task: str, folder: Path, root: str | None, limit: int | None) -> Path:
-    """The shipped set as lm-eval-ready JSONL (first ``limit`` docs)."""
-    examples = load_source(SourceConfig(name=task), root)[:limit]
+def quality_docs(task: str, root: str | None, limit: int | None) -> list[Example]:
+    """The first ``limit`` docs of a quality set, from the data registry."""
+    check_tasks([task])
+    return load_source(SourceConfig(name=task), root)[:limit]
+
+
+def check_tasks(tasks: list[str]) -> None:
+    unknown = [t for t in tasks if t not in QUALITY_TASKS]
+    if unknown:
+        raise ConfigError(f"eval.quality_tasks: unknown {unknown}; known: {list(QUALITY_TASKS)}")
+
+
+def write_docs(
+    task: str,
+    folder: Path,
+    root: str | None,
+    limit: int | None,
+    examples: list[Example] | None = None,
+) -> Path:
+    """The set as lm-eval-ready JSONL (first ``limit`` docs, or the ``examples`` given)."""
+    examples = quality_docs(task, root, limit) if examples is None else examples
     path = folder / f"{task}.jsonl"
     with path.open("w") as f:
         for ex in examples:
@@ -66,24 +85,30 @@ def task_config(task: str, docs: Path) -> dict[str, Any]:
 
 
 def run_quality(
-    lm, tasks: list[str], root: str | None, limit: int | None = None
+    lm,
+    tasks: list[str],
+    root: str | None,
+    limit: int | None = None,
+    docs: dict[str, list[Example]] | None = None,
 ) -> dict[str, float]:
     """Accuracy per task (``quality/<task>/acc``, ``acc_norm``) and their mean.
 
     Args:
         lm: an ``lm_eval.api.model.LM`` — ``hf_lm(model, tokenizer)`` for a real model.
         tasks: names in QUALITY_TASKS. root: data root (None: $TASFT_DATA_DIR, cache, download).
-        limit: docs per task (None: all).
+        limit: docs per task (None: all). docs: task -> its docs, already loaded (a sweep's
+            driver loads them once; then nothing is read from disk here).
     """
-    unknown = [t for t in tasks if t not in QUALITY_TASKS]
-    if unknown:
-        raise ConfigError(f"eval.quality_tasks: unknown {unknown}; known: {list(QUALITY_TASKS)}")
+    check_tasks(tasks)
     try:
         from lm_eval import simple_evaluate
     except ImportError:
         raise ConfigError("eval.quality_tasks needs lm-eval: pip install 'lm-eval>=0.4'") from None
     with tempfile.TemporaryDirectory(prefix="tasft_quality_") as tmp:
-        configs = [task_config(t, write_docs(t, Path(tmp), root, limit)) for t in tasks]
+        configs = [
+            task_config(t, write_docs(t, Path(tmp), root, limit, (docs or {}).get(t)))
+            for t in tasks
+        ]
         out = simple_evaluate(model=lm, tasks=configs, log_samples=False, verbosity="WARNING")
     metrics: dict[str, float] = {}
     for t in tasks:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tasft_ray import tracking
 from tasft_ray.cluster import init_ray
-from tasft_ray.config import Config, ConfigError, EvalConfig
-from tasft_ray.data.benchmarks import BENCHMARKS, VAL, benchmark_prompts
+from tasft_ray.config import Config, EvalConfig
+from tasft_ray.evaluation.data import EvalData, eval_prompts, load_eval_data
 from tasft_ray.evaluation.metrics import summarize
 from tasft_ray.evaluation.model_metrics import model_metrics
 from tasft_ray.files import LOCK_FILE, check_writable, output_lock, to_jsonl, write_atomic
@@ -37,32 +37,6 @@ from tasft_ray.judges import check_judge
 log = logging.getLogger(__name__)
 
 RESPONSES_FILE, METRICS_FILE, ALPACA_FILE = "responses.jsonl", "metrics.json", "alpaca_eval.jsonl"
-
-
-def eval_prompts(e: EvalConfig, root: str | None) -> list[dict[str, str]]:
-    """The prompts of eval.benchmarks (first eval.max_prompts of each), ids unique per benchmark."""
-    return benchmark_prompts(e.benchmarks, e.max_prompts, root, "eval.benchmarks")
-
-
-def validation_prompts(e: EvalConfig, root: str | None) -> list[dict[str, str]]:
-    """eval.validation's prompts (source ``val/<benchmark>``) minus any prompt text that is also
-    an evaluation prompt: λ is chosen on answers the reported numbers never saw."""
-    not_harm = [b for b in e.validation if BENCHMARKS.get(b, ({}, "harm"))[1] != "harm"]
-    if not_harm:
-        raise ConfigError(f"eval.validation: {not_harm} are not harm benchmarks")
-    rows = benchmark_prompts(e.validation, e.validation_max_prompts, root, "eval.validation")
-    seen = {(p["instruction"], p["input"]) for p in eval_prompts(e, root)}
-    kept = [
-        dict(r, source=f"{VAL}{r['source']}")
-        for r in rows
-        if (r["instruction"], r["input"]) not in seen
-    ]
-    if len(kept) < len(rows):
-        log.info(
-            "eval.validation: dropped %d prompt(s) that are also evaluation prompts",
-            len(rows) - len(kept),
-        )
-    return kept
 
 
 @dataclass
@@ -132,15 +106,19 @@ def evaluate_in_process(
     batch_size: int = 8,
     with_quality: bool = True,
     judge: Callable[[dict], dict] | None = None,
+    data: EvalData | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
     """The same evaluation without Ray Data, for a Tune trial (its CPUs are already taken).
 
     Same prompts, generation code, judge, refusal detector and metrics as ``run_evaluate``;
     ``with_quality=False`` skips lm-eval and AlpacaEval (intermediate checkpoints). ``judge``:
     a ``judge_stage(cfg.eval)`` to reuse across checkpoints (one judge model load per trial).
+    ``data``: the evaluation's examples, already loaded (``load_eval_data``; a sweep's driver
+    ships them), else read from the data root here.
     """
     e = cfg.eval
-    prompts = eval_prompts(e, cfg.data_root) + validation_prompts(e, cfg.data_root)
+    data = data or load_eval_data(cfg)
+    prompts = data.prompts
     tokenizer, model = load_generator_model(cfg.model, adapter)
     judge = judge or judge_stage(e)
     rows = []
@@ -153,7 +131,9 @@ def evaluate_in_process(
         judged = judge(batch)
         rows += [clean_row({k: v[j] for k, v in judged.items()}) for j in range(len(part))]
     metrics = summarize(rows, e.benchmarks)
-    return rows, metrics | (model_metrics(cfg, model, tokenizer)[0] if with_quality else {})
+    if not with_quality:
+        return rows, metrics
+    return rows, metrics | model_metrics(cfg, model, tokenizer, data)[0]
 
 
 def judge_stage(e: EvalConfig) -> Callable[[dict], dict]:

@@ -3,7 +3,9 @@ the report when trials evaluate themselves.
 
 Each trial is a function that builds and fits a TorchTrainer (Ray 2.60's Train V2 cannot be
 wrapped by a Tuner directly), reporting to Tune through TuneReportCallback. One MLflow parent run
-per sweep, one child run per trial.
+per sweep, one child run per trial. The driver alone reads data: it prepares every trial's
+training mixture and evaluation set once and ships them through Ray (``prepared``); results go
+to ``sweep.storage``, a folder or an object store URI (``tasft_ray.storage``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,17 +25,13 @@ from ray import tune
 
 from tasft_ray import tracking
 from tasft_ray.cluster import init_ray
-from tasft_ray.config import Config, ConfigError, SweepConfig, cache_root, load_config
-from tasft_ray.files import LOCK_FILE, check_writable, output_lock, write_atomic
+from tasft_ray.config import Config, ConfigError, SweepConfig, cache_root, parse_config
+from tasft_ray.files import LOCK_FILE, output_lock
 from tasft_ray.judges import check_judge
 from tasft_ray.report import ReportError, format_trials, plain_table, write_report
-from tasft_ray.sweep.space import (
-    check_trial_configs,
-    param_space,
-    scheduler,
-    search_alg,
-    trial_overrides,
-)
+from tasft_ray.storage import Location, location
+from tasft_ray.sweep.prepared import prepare
+from tasft_ray.sweep.space import param_space, scheduler, search_alg, trial_configs, trial_overrides
 from tasft_ray.sweep.trial import run_trial
 
 log = logging.getLogger(__name__)
@@ -41,9 +40,10 @@ SWEEP_CONFIG = "sweep_config.yaml"
 
 
 def _resolve_paths(cfg: Config) -> Config:
-    """Absolute data/cache/storage paths, so workers (any cwd, any node) find the same files."""
+    """Absolute local paths (storage, cache, data), so every process of this machine means the
+    same folders whatever its cwd; a storage URI is kept as it is."""
     overrides: dict[str, Any] = {
-        "sweep.storage": str(Path(cfg.sweep.storage).expanduser().resolve()),
+        "sweep.storage": location(cfg.sweep.storage, "sweep.storage").uri,
         "model.cache_dir": str(cache_root(cfg.model.cache_dir).resolve()),
     }
     if cfg.data_root:
@@ -55,15 +55,44 @@ def _resolve_paths(cfg: Config) -> Config:
     return cfg.with_overrides(overrides)
 
 
+RAY_JOB_COPY = "/runtime_resources/working_dir_files/"  # Ray's copy of a job's working dir
+
+
+def check_results_last(storage: Location, tracking_uri: str) -> None:
+    """One line when results would land in Ray's temporary copy of a job's working directory
+    (``ray job submit --working-dir .``), which is deleted with the cluster session."""
+    cwd = os.getcwd()
+    if RAY_JOB_COPY not in cwd + "/":
+        return
+    inside = [
+        what
+        for what, path in (
+            ("sweep.storage", storage.path if storage.local else None),
+            ("the MLflow store", tracking_uri.removeprefix("sqlite:///"))
+            if tracking_uri.startswith("sqlite:///")
+            else ("the MLflow store", None),
+        )
+        if path and os.path.abspath(path).startswith(cwd)
+    ]
+    if inside:
+        raise ConfigError(
+            f"{' and '.join(inside)} would be written into Ray's temporary copy of the working "
+            f"directory ({cwd}), deleted with the cluster session: set sweep.storage to a shared "
+            "folder or s3://BUCKET/PREFIX and MLFLOW_TRACKING_URI (or tracking.uri) to an "
+            "`mlflow server` at http://HOST:PORT"
+        )
+
+
 @dataclass
 class SweepOutcome:
     results: Any  # Tune's ResultGrid
-    sweep_dir: Path
+    sweep: Location
+    tracking_uri: str
     parent_run_id: str
     status: dict[str, str] = field(default_factory=dict)  # trial name -> ok | error | unfinished
     trial_ids: dict[str, str] = field(default_factory=dict)  # trial name -> Tune trial id
     not_started: int = 0  # trials of the space the stopped sweep never created
-    report: Path | None = None  # the sweep's report folder (eval.in_sweep) or None
+    report: Location | None = None  # the sweep's report folder (eval.in_sweep) or None
     report_text: str = ""  # the report's terminal table
 
     @property
@@ -126,60 +155,77 @@ def expected_trials(sweep: SweepConfig) -> int:
     return n
 
 
-def run_sweep(cfg: Config, resume: str | Path | None = None) -> SweepOutcome:
-    """Run a new sweep, or finish the one in folder ``resume``; with eval.in_sweep, also write
-    its report (``tasft-ray report``) into SWEEP_DIR/report and log it to the parent run.
+def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
+    """Run a new sweep, or finish the one at ``resume`` (a folder or a storage URI); with
+    eval.in_sweep, also write its report (``tasft-ray report``) and log it to the parent run.
 
-    Everything a trial could reject is checked first (tracking store, storage, every trial's
-    config). A sweep stopped by a signal returns with its unfinished trials listed and its
+    Everything a trial could reject is checked first (every trial's config, the tracking store,
+    the storage), then the data of every trial is prepared; nothing is written before that
+    succeeds. A sweep stopped by a signal returns with its unfinished trials listed and its
     MLflow runs KILLED; one that crashes leaves them FAILED; either is finished with ``resume``,
     which also restarts a sweep killed before Tune had saved any state.
     """
-
     cfg = _resolve_paths(cfg)
-    check_trial_configs(cfg)
+    configs = trial_configs(cfg)
     if cfg.eval.in_sweep:
         check_judge(cfg.eval.judge, cfg.eval.judge_options, "eval.judge")
     uri = tracking.tracking_uri(cfg)
+    storage = location(cfg.sweep.storage, "sweep.storage")
+    check_results_last(storage, uri)
     tracking.check_reachable(uri)
-    check_writable(cfg.sweep.storage, "sweep.storage")
-    sweep_dir = Path(resume).resolve() if resume else Path(cfg.sweep.storage) / cfg.sweep.name
-    if not resume and (sweep_dir / SWEEP_CONFIG).is_file():
+    storage.check_writable("sweep.storage")
+    sweep = location(resume, "--resume") if resume else storage.child(cfg.sweep.name)
+    if not resume and sweep.exists(SWEEP_CONFIG):
         raise ConfigError(
-            f"sweep folder {sweep_dir} exists; pass --resume {sweep_dir} to finish it, or set "
+            f"sweep folder {sweep.uri} exists; pass --resume {sweep.uri} to finish it, or set "
             "sweep.name to start a new sweep"
         )
-    with output_lock(sweep_dir / LOCK_FILE, "sweep", str(sweep_dir)):
-        parent = tracking.start_parent_run(uri, cfg, sweep_dir)
-        write_atomic(sweep_dir / SWEEP_CONFIG, cfg.to_yaml())
+    if sweep.local:
+        lock = output_lock(Path(sweep.path) / LOCK_FILE, "sweep", sweep.uri)
+    else:  # an object store has no exclusive create: one driver per sweep URI (README)
+        lock = contextlib.nullcontext()
+    init_ray(cfg)
+    prepared = prepare(configs)
+    with lock:
+        parent = tracking.start_parent_run(uri, cfg, sweep)
+        sweep.write_text(SWEEP_CONFIG, cfg.to_yaml())
         log.info("sweep %s: results in %s, MLflow parent run %s at %s", cfg.sweep.name,
-                 sweep_dir, parent, uri)  # fmt: skip
+                 sweep.uri, parent, uri)  # fmt: skip
         try:
-            results = _fit(cfg, sweep_dir, uri, parent, restore=bool(resume))
+            results = _fit(cfg, sweep, uri, parent, prepared, restore=bool(resume))
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             tracking.finish_children(uri, parent, status)
             tracking.finish_run(uri, parent, status)
             raise
-        outcome = _outcome(cfg, results, sweep_dir, uri, parent)
+        outcome = _outcome(cfg, results, sweep, uri, parent)
         if outcome.unfinished or outcome.not_started:
             tracking.finish_children(uri, parent, "KILLED", set(outcome.unfinished_ids))
             tracking.finish_run(uri, parent, "KILLED")
             return outcome
         if cfg.eval.in_sweep:
-            try:
-                outcome.report, evaluated = write_report(
-                    uri, sweep_dir / "report", parent_run_id=parent
-                )
-                outcome.report_text = format_trials(evaluated)
-            except ReportError as exc:  # every trial failed: the sweep's own error says why
-                log.warning("no report: %s", exc)
+            _report(outcome, uri)
         errors = [r for r in results if r.error]
         tracking.finish_run(uri, parent, "FAILED" if errors else "FINISHED")
         return outcome
 
 
-def _outcome(cfg: Config, results, sweep_dir: Path, uri: str, parent: str) -> SweepOutcome:
+def _report(outcome: SweepOutcome, uri: str) -> None:
+    """The sweep's report: in its folder, or for an object store written here and uploaded."""
+    sweep = outcome.sweep
+    local = Path(sweep.path if sweep.local else tempfile.mkdtemp(prefix="tasft_report_"))
+    try:
+        folder, evaluated = write_report(uri, local / "report", parent_run_id=outcome.parent_run_id)
+    except ReportError as exc:  # every trial failed: the sweep's own error says why
+        log.warning("no report: %s", exc)
+        return
+    if not sweep.local:
+        sweep.upload(folder, "report")
+    outcome.report = sweep.child("report")
+    outcome.report_text = format_trials(evaluated)
+
+
+def _outcome(cfg: Config, results, sweep: Location, uri: str, parent: str) -> SweepOutcome:
     """How each trial ended. A stopped sweep's trials whose child run has not FINISHED were
     cut short; without a stop every trial Tune ended is done (ASHA ends some early)."""
     # the ResultGrid lists results in its trials' order; only the trials know their status
@@ -196,25 +242,26 @@ def _outcome(cfg: Config, results, sweep_dir: Path, uri: str, parent: str) -> Sw
             status[str(t)] = "ok"
     left = max(0, expected_trials(cfg.sweep) - len(trials)) if stopped else 0
     ids = {str(t): t.trial_id for t in trials}
-    return SweepOutcome(results, sweep_dir, parent, status, ids, left)
+    return SweepOutcome(results, sweep, uri, parent, status, ids, left)
 
 
-def _fit(cfg: Config, sweep_dir: Path, uri: str, parent: str, restore: bool):
-    init_ray(cfg)
+def _fit(cfg: Config, sweep: Location, uri: str, parent: str, prepared, restore: bool):
     trainable = tune.with_parameters(
         run_trial,
         base=cfg.model_dump(mode="json"),
-        sweep_dir=str(sweep_dir),
+        sweep=sweep,
         mlflow={"uri": uri, "parent_run_id": parent},
+        prepared=prepared,
     )
     _STOPPED.clear()
-    if restore and tune.Tuner.can_restore(str(sweep_dir)):
+    fs = {} if sweep.local else {"storage_filesystem": sweep.fs}
+    if restore and tune.Tuner.can_restore(sweep.path, **fs):
         tuner = tune.Tuner.restore(
-            str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+            sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True, **fs
         )
     else:  # new, or killed before Tune saved any state: (re)start it in its folder
         if restore:
-            log.info("%s has no Tune state yet: starting the sweep over in it", sweep_dir)
+            log.info("%s has no Tune state yet: starting the sweep over in it", sweep.uri)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(cfg.sweep),
@@ -227,21 +274,20 @@ def _fit(cfg: Config, sweep_dir: Path, uri: str, parent: str, restore: bool):
                 scheduler=scheduler(cfg.sweep, cfg.train.max_steps),
             ),
             run_config=tune.RunConfig(
-                name=sweep_dir.name,
-                storage_path=str(sweep_dir.parent),
-                callbacks=[_StopWatch()],
+                name=sweep.name, callbacks=[_StopWatch()], **sweep.parent().ray_storage()
             ),
         )
     with _sigterm_stops_tune():
         return tuner.fit()
 
 
-def load_sweep_config(resume: str | Path, overrides: list[str]) -> Config:
+def load_sweep_config(resume: str, overrides: list[str]) -> Config:
     """The config a sweep started with (so --resume needs no flags), plus any overrides."""
-    path = Path(resume) / SWEEP_CONFIG
-    if not path.is_file():
+    sweep = location(resume, "--resume")
+    text = sweep.read_text(SWEEP_CONFIG)
+    if text is None:
         raise ConfigError(f"--resume {resume}: not a tasft-ray sweep folder (no {SWEEP_CONFIG})")
-    return load_config(path, overrides)
+    return parse_config(text, f"{sweep.uri}/{SWEEP_CONFIG}", overrides)
 
 
 def summary(outcome: SweepOutcome, cfg: Config) -> str:

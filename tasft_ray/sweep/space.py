@@ -37,29 +37,39 @@ def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_trial_configs(cfg: Config) -> int:
-    """Validate the config of every trial the sweep can run, before any of them starts: each
-    grid and choice value, both ends of each range, crossed with every case. One line names the
-    offending values. Returns the number of configs checked."""
+# keys whose value changes what the driver prepares for a trial (its data, its evaluation)
+PREPARED_KEYS = ("data.", "eval.", "loss.method", "train.seed", "model.name", "model.revision")
+
+
+def trial_configs(cfg: Config) -> list[Config]:
+    """The config of every trial the sweep can run, each validated before any trial starts:
+    each grid and choice value, both ends of each range, crossed with every case. One line names
+    the offending values. A key that changes the data the driver prepares once per sweep must
+    take listed values (grid or choice), not a range."""
     axes = []
     for key, p in cfg.sweep.space.items():
         values = p.grid if p.grid is not None else p.choice
-        values = values if values is not None else list(p.uniform or p.loguniform or ())
+        if values is None:
+            if key.startswith(PREPARED_KEYS):
+                raise ConfigError(
+                    f"sweep.space {key}: changes the data the driver prepares for each trial; "
+                    "give its values as grid or choice, not a range"
+                )
+            values = list(p.uniform or p.loguniform or ())
         axes.append([(key, v) for v in values])
     cases = [dict(c) for c in cfg.sweep.cases] or [{}]
-    checked = 0
+    configs = []
     for combo in itertools.product(*axes):
         for case in cases:
             overrides = {**dict(combo), **case}
             try:
-                cfg.with_overrides(overrides)
+                configs.append(cfg.with_overrides(overrides))
             except ConfigError as exc:
                 shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
                 raise ConfigError(
                     f"sweep trial with {shown}: {str(exc).removeprefix('override: ')}"
                 ) from None
-            checked += 1
-    return checked
+    return configs
 
 
 def search_alg(sweep: SweepConfig, seed: int):

@@ -1,30 +1,48 @@
-"""One Tune trial: its config, a TorchTrainer fit, its MLflow child run, in-sweep evaluation."""
+"""One Tune trial: its config, a TorchTrainer fit, its MLflow child run, in-sweep evaluation.
+
+A trial runs on any node: it reads no data (the driver's ``prepared`` refs carry it), writes
+its checkpoints through Ray Train to the sweep's storage, and keeps local files only in its
+own scratch folder; what a user needs from it goes to MLflow and the storage."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import ray
+
 from tasft_ray import tracking
 from tasft_ray.config import Config
+from tasft_ray.evaluation.data import EvalData
 from tasft_ray.evaluation.safety import RESPONSES_FILE, evaluate_in_process, judge_stage
 from tasft_ray.files import to_jsonl, write_atomic
+from tasft_ray.storage import Location
+from tasft_ray.sweep.prepared import Prepared
 from tasft_ray.sweep.space import trial_overrides
 from tasft_ray.training.checkpoints import ADAPTER_DIR
 from tasft_ray.training.ray_train import build_trainer
 
+TRIAL_NODE_TAG = "tasft.trial_node"  # MLflow tag: the Ray node the trial's own process runs on
 
-def run_trial(params: dict[str, Any], base: dict, sweep_dir: str, mlflow: dict) -> None:
+
+def run_trial(
+    params: dict[str, Any], base: dict, sweep: Location, mlflow: dict, prepared: Prepared
+) -> None:
     """One trial: resolve its config, fit a TorchTrainer, log the outcome to its child run."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
-    cfg = Config.model_validate(base).with_overrides(trial_overrides(params))
-    trial_dir = Path(sweep_dir) / "trials" / trial_name
-    cfg = cfg.with_overrides({"train.output_dir": str(trial_dir)})
+    cfg = Config.from_dict(base, check_files=False)
+    cfg = cfg.with_overrides(trial_overrides(params), check_files=False)
+    # local files of the trial (test hooks, evaluation outputs before they are logged): in the
+    # sweep's folder when that is local, else in this node's scratch space
+    root = Path(sweep.path) if sweep.local else Path(tempfile.gettempdir()) / "tasft_trials"
+    trial_dir = root / "trials" / trial_name
+    cfg = cfg.with_overrides({"train.output_dir": str(trial_dir)}, check_files=False)
     uri = mlflow["uri"]
     run_id = tracking.child_run(uri, cfg, mlflow["parent_run_id"], trial_id, trial_name)
     done = tracking.client(uri).get_run(run_id)
@@ -39,12 +57,14 @@ def run_trial(params: dict[str, Any], base: dict, sweep_dir: str, mlflow: dict) 
         return
     for key, value in trial_overrides(params).items():
         tracking.client(uri).set_tag(run_id, f"sweep.{key}", str(value))
+    tracking.client(uri).set_tag(run_id, TRIAL_NODE_TAG, ray.get_runtime_context().get_node_id())
     trainer = build_trainer(
         cfg,
         name=f"train_{trial_id}",
-        storage=sweep_dir,
+        storage=sweep,
         mlflow={"uri": uri, "run_id": run_id},
         callbacks=[TuneReportCallback()],
+        mixture=prepared.mixture(cfg),
     )
     try:
         result = trainer.fit()
@@ -61,7 +81,10 @@ def run_trial(params: dict[str, Any], base: dict, sweep_dir: str, mlflow: dict) 
             adapter = str(Path(directory) / ADAPTER_DIR)
             tracking.client(uri).log_artifacts(run_id, adapter, ADAPTER_DIR)
         if cfg.eval.in_sweep:
-            evaluated = _evaluate_trial(cfg, result, uri, run_id)
+            data = ray.get(prepared.eval_data(cfg))
+            evaluated = _evaluate_trial(cfg, result, uri, run_id, data)
+            if not sweep.local:
+                sweep.upload(Path(cfg.train.output_dir), f"trials/{trial_name}")
             final |= {f"final/{k}": v for k, v in evaluated.items()}
     for key, value in final.items():
         tracking.client(uri).log_metric(run_id, key, value)
@@ -70,7 +93,7 @@ def run_trial(params: dict[str, Any], base: dict, sweep_dir: str, mlflow: dict) 
         tune.report({k.removeprefix("final/"): v for k, v in final.items()})
 
 
-def _evaluate_trial(cfg: Config, result, uri: str, run_id: str) -> dict[str, float]:
+def _evaluate_trial(cfg: Config, result, uri: str, run_id: str, data: EvalData) -> dict[str, float]:
     """eval/* of the final adapter (and, with eval.checkpoints=all, of every kept checkpoint),
     logged at each checkpoint's step; returns the final one's. Quality: final adapter only."""
     import torch
@@ -93,6 +116,7 @@ def _evaluate_trial(cfg: Config, result, uri: str, run_id: str) -> dict[str, flo
                 batch_size=cfg.generate.batch_size,
                 with_quality=step == final_step,
                 judge=judge,
+                data=data,
             )
         where = "eval" if step == final_step else f"eval/step_{step}"
         out = Path(cfg.train.output_dir) / where / RESPONSES_FILE

@@ -25,7 +25,15 @@ from tasft_ray.config import Config, ConfigError
 from tasft_ray.data.mixture import Mixture, build_mixture, collate, epoch_order, group_by_length
 from tasft_ray.errors import one_line
 from tasft_ray.files import atomic_dir
-from tasft_ray.losses import LossParts, OutputHead, sequence_logprobs, tasft_loss
+from tasft_ray.losses import (
+    HARMFUL,
+    IGNORE_INDEX,
+    SAFE,
+    LossParts,
+    OutputHead,
+    sequence_logprobs,
+    tasft_loss,
+)
 from tasft_ray.training.checkpoints import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
@@ -37,6 +45,7 @@ from tasft_ray.training.checkpoints import (
 )
 from tasft_ray.training.engine import build_engine
 from tasft_ray.training.models import HiddenStateTap, attach_lora, embedding_matrix, load_model
+from tasft_ray.training.step_metrics import SUMMED, reduce_over_ranks, torch_sum_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,19 @@ MetricsFn = Callable[[dict], None]
 
 class InjectedFault(RuntimeError):
     """Raised once by the engine.fail_at_step test hook."""
+
+
+def _batch_counts(batch: dict[str, torch.Tensor], parts: LossParts) -> dict[str, int]:
+    """A micro-batch's token counts: input tokens, and response tokens by kind of row."""
+    per_row = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1)
+    return {
+        "tokens": int(batch["attention_mask"].sum()),
+        "response_tokens": int(per_row.sum()),
+        "safe_tokens": int(per_row[batch["kinds"] == SAFE].sum()),
+        "harmful_tokens": int(per_row[batch["kinds"] == HARMFUL].sum()),
+        "n_safe": parts.n_safe,
+        "n_harmful": parts.n_harmful,
+    }
 
 
 @dataclass
@@ -163,11 +185,12 @@ class TASFTTrainer:
         )
 
     def train_step(self) -> dict:
-        """One optimizer step over grad_accum micro-batches; returns its metrics."""
+        """One optimizer step over grad_accum micro-batches; returns its metrics, over the
+        whole worker group (``step_metrics``). ``self.local_metrics`` keeps this rank's own."""
         t = self.cfg.train
         start = time.perf_counter()
         sums = {"total": 0.0, "sft": 0.0, "penalty": 0.0}
-        tokens = n_safe = n_harmful = 0
+        counts = dict.fromkeys(SUMMED, 0)
         lr = self.engine.lr()
         for i, batch in enumerate(self.micro_batches(self.step)):
             with self.engine.accumulate(last=i == t.grad_accum - 1):
@@ -175,12 +198,11 @@ class TASFTTrainer:
                 self.engine.backward(parts.total)
             for key in sums:
                 sums[key] += float(getattr(parts, key).detach()) / t.grad_accum
-            tokens += int(batch["attention_mask"].sum())
-            n_safe, n_harmful = n_safe + parts.n_safe, n_harmful + parts.n_harmful
+            for key, n in _batch_counts(batch, parts).items():
+                counts[key] += n
         norm = self.engine.step()
         self.step += 1
-        elapsed = time.perf_counter() - start
-        return {
+        local = {
             "step": self.step,
             "epoch": self.step * t.grad_accum / self.micro_per_epoch,
             "loss/total": sums["total"],
@@ -188,10 +210,14 @@ class TASFTTrainer:
             "loss/penalty": sums["penalty"],
             "lr": lr,
             "grad_norm": norm,
-            "tokens_per_s": tokens / elapsed,
-            "n_safe": n_safe,
-            "n_harmful": n_harmful,
+            **counts,
         }
+        self.local_metrics = local
+        metrics = local
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            metrics = reduce_over_ranks(local, torch_sum_over_ranks)
+        metrics["tokens_per_s"] = metrics["tokens"] / (time.perf_counter() - start)
+        return metrics
 
     # ------------------------------------------------------------------ checkpoints
 

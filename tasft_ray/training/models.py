@@ -16,6 +16,7 @@ GGUF weights are dequantised once by transformers and cached as safetensors unde
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -60,6 +61,33 @@ WHEEL_MODELS = {
 }
 
 
+def load_tokenizer(cfg: ModelConfig):
+    """The model's tokenizer alone (with eos and pad tokens, as ``load_model`` gives it): what
+    the sweep driver needs to tokenise the training data once for every worker."""
+    if cfg.name == "tiny":
+        tokenizer = build_tiny_tokenizer()
+    elif cfg.name in WHEEL_MODELS or cfg.name.startswith("gguf:"):
+        cached = cache_root(cfg.cache_dir) / "models" / _gguf_cache_key(cfg)
+        if (cached / "config.json").is_file():
+            tokenizer = _pretrained_tokenizer(str(cached), cfg)
+        else:
+            from transformers import AutoTokenizer
+
+            path = gguf_path(cfg)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    else:
+        tokenizer = _pretrained_tokenizer(cfg.name, cfg)
+    return _with_special_tokens(tokenizer, cfg)
+
+
+def _with_special_tokens(tokenizer, cfg: ModelConfig):
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"model.name '{cfg.name}': tokenizer has no EOS token")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(cfg: ModelConfig, seed: int = 0):
     """Returns (tokenizer, model). The tokenizer always has eos and pad tokens."""
     if cfg.name == "tiny":
@@ -69,11 +97,7 @@ def load_model(cfg: ModelConfig, seed: int = 0):
         tokenizer, model = _load_gguf(cfg)
     else:
         tokenizer, model = _load_pretrained(cfg.name, cfg)
-    if tokenizer.eos_token_id is None:
-        raise ModelError(f"model.name '{cfg.name}': tokenizer has no EOS token")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer, model.to(_DTYPES[cfg.dtype])
+    return _with_special_tokens(tokenizer, cfg), model.to(_DTYPES[cfg.dtype])
 
 
 def attach_lora(model, cfg: LoraConfig):
@@ -263,15 +287,32 @@ def _load_gguf(cfg: ModelConfig):
 
 
 def _load_pretrained(name: str, cfg: ModelConfig):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    tokenizer = _pretrained_tokenizer(name, cfg)
+    with _one_line_load_errors(cfg):
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=_DTYPES[cfg.dtype], revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+        )  # fmt: skip
+    return tokenizer, model
+
+
+def _pretrained_tokenizer(name: str, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    with _one_line_load_errors(cfg):
+        return AutoTokenizer.from_pretrained(
+            name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+
+
+@contextlib.contextmanager
+def _one_line_load_errors(cfg: ModelConfig):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=_DTYPES[cfg.dtype], **kwargs)
+        yield
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"model.name '{cfg.name}': cannot load from a local directory or the hub ({first})"
         ) from None
-    return tokenizer, model

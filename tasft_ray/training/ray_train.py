@@ -11,9 +11,13 @@ import logging
 import tempfile
 from pathlib import Path
 
+import ray
 import torch
 
+from tasft_ray import tracking
 from tasft_ray.config import Config
+from tasft_ray.storage import Location
+from tasft_ray.tracking import StepLogger
 from tasft_ray.training.loop import TASFTTrainer
 
 log = logging.getLogger(__name__)
@@ -23,12 +27,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    cfg = Config.model_validate(loop_config["config"])
+    # [0] the config and the data come from the driver; nothing is read from this node's disk
+    cfg = Config.from_dict(loop_config["config"], check_files=False)
+    mixture = ray.get(loop_config["mixture"]) if loop_config.get("mixture") is not None else None
     # Ray sets OMP_NUM_THREADS=1 in every worker; a worker given N CPUs should use N threads.
     torch.set_num_threads(max(1, int(cfg.engine.cpus_per_worker)))
     ctx = ray.train.get_context()  # [1] who am I
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    trainer = TASFTTrainer(cfg, rank, world, device=ray.train.torch.get_device())
+    trainer = TASFTTrainer(cfg, rank, world, mixture=mixture, device=ray.train.torch.get_device())
 
     checkpoint = ray.train.get_checkpoint()  # [2] resume after a failure or a restore
     if checkpoint:
@@ -37,11 +43,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         log.info("rank %d resumed at step %d", rank, trainer.step)
 
     mlflow = loop_config.get("mlflow")
+    nodes = _node_ids(world)
     steps = None
     if rank == 0 and mlflow:
-        from tasft_ray.tracking import StepLogger
-
         steps = StepLogger(mlflow["uri"], mlflow["run_id"])
+        tracking.client(mlflow["uri"]).set_tag(mlflow["run_id"], NODES_TAG, ",".join(nodes))
 
     def on_metrics(metrics: dict) -> None:
         if steps:
@@ -62,14 +68,31 @@ def train_loop_per_worker(loop_config: dict) -> None:
     trainer.fit(on_metrics=on_metrics, on_checkpoint=on_checkpoint, progress=rank == 0)
 
 
+def _node_ids(world: int) -> list[str]:
+    """The Ray node id of every rank, in rank order (where the worker group runs)."""
+    me = ray.get_runtime_context().get_node_id()
+    if world == 1 or not torch.distributed.is_initialized():
+        return [me]
+    nodes: list[str] = [""] * world
+    torch.distributed.all_gather_object(nodes, me)
+    return nodes
+
+
+NODES_TAG = "tasft.nodes"  # MLflow tag: the node of each rank, in rank order (last placement)
+PLACEMENT = {"pack": "PACK", "spread": "SPREAD", "strict_spread": "STRICT_SPREAD"}
+
+
 def build_trainer(
     cfg: Config,
     name: str,
-    storage: str,
+    storage: Location,
     mlflow: dict | None = None,
     callbacks: list | None = None,
+    mixture=None,
 ):
-    """A TorchTrainer for one training run of ``cfg`` (one Tune trial, or a plain fit)."""
+    """A TorchTrainer for one training run of ``cfg`` (one Tune trial, or a plain fit):
+    checkpoints in ``storage`` (a folder or an object store), the training mixture from Ray's
+    object store when ``mixture`` (an ObjectRef) is given."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -77,18 +100,23 @@ def build_trainer(
     backend = "nccl" if e.use_gpu else "gloo"
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "mlflow": mlflow},
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "mlflow": mlflow,
+            "mixture": mixture,
+        },
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=e.use_gpu,
             resources_per_worker={"CPU": e.cpus_per_worker},
+            placement_strategy=PLACEMENT[cfg.train.placement],
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=storage,
             failure_config=FailureConfig(max_failures=e.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=callbacks or [],
+            **storage.ray_storage(),
         ),
     )

@@ -1,0 +1,82 @@
+"""What the sweep driver prepares once and ships to every trial through Ray's object store: the
+tokenised training mixtures and the evaluation data. Trials and their Train workers read no data
+file, data root or cache, on whatever node they run; the driver alone needs the data.
+
+One mixture per distinct (model tokenizer, data section, method, seed) among the sweep's trial
+configs, one evaluation set per distinct eval section; trials that share them share one copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasft_ray.config import Config, ConfigError
+from tasft_ray.data.mixture import build_mixture
+from tasft_ray.evaluation.safety import load_eval_data
+from tasft_ray.training.models import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def mixture_key(cfg: Config) -> str:
+    return json.dumps(
+        {
+            "model": [cfg.model.name, cfg.model.revision],
+            "data": cfg.data.model_dump(mode="json"),
+            "method": cfg.loss.method,
+            "seed": cfg.train.seed,
+        },
+        sort_keys=True,
+    )
+
+
+def eval_key(cfg: Config) -> str:
+    return json.dumps(cfg.eval.model_dump(mode="json"), sort_keys=True)
+
+
+@dataclass
+class Prepared:
+    """Object refs by key; held by the driver for the sweep's lifetime (which keeps them)."""
+
+    mixtures: dict[str, Any] = field(default_factory=dict)
+    evals: dict[str, Any] = field(default_factory=dict)
+
+    def mixture(self, cfg: Config):
+        try:
+            return self.mixtures[mixture_key(cfg)]
+        except KeyError:
+            raise ConfigError("a trial's training data was not prepared by the driver") from None
+
+    def eval_data(self, cfg: Config):
+        return self.evals.get(eval_key(cfg))
+
+
+def prepare(configs: list[Config]) -> Prepared:
+    """Load, select and tokenise each distinct mixture (and evaluation set) once; Ray must be
+    up (the results go to its object store)."""
+    import ray
+
+    start = time.perf_counter()
+    out, tokenizers = Prepared(), {}
+    for cfg in configs:
+        key = mixture_key(cfg)
+        if key not in out.mixtures:
+            model = (cfg.model.name, cfg.model.revision)
+            if model not in tokenizers:
+                tokenizers[model] = load_tokenizer(cfg.model)
+            mixture = build_mixture(
+                cfg.data, cfg.loss.method, tokenizers[model], cfg.train.seed, cfg.data_root
+            )
+            out.mixtures[key] = ray.put(mixture)
+        if cfg.eval.in_sweep and eval_key(cfg) not in out.evals:
+            out.evals[eval_key(cfg)] = ray.put(load_eval_data(cfg))
+    log.info(
+        "data prepared for %d trial config(s): %d training mixture(s), %d evaluation set(s), "
+        "%.1f s; the trials get them through Ray",
+        len(configs), len(out.mixtures), len(out.evals), time.perf_counter() - start,
+    )  # fmt: skip
+    return out
