@@ -130,8 +130,10 @@ def checkpoint(cfg, repeats: int) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"checkpoint {size / 2**20:.2f} MiB in {len(files)} files: "
           + "  ".join(f"{k} {v * 1000:.1f} ms" for k, v in med.items()))  # fmt: skip
-    print(f"object store / local disk: write {med['s3 write'] / med['local write']:.2f}x, "
-          f"restore {med['s3 restore'] / med['local restore']:.2f}x  (median of {repeats})")
+    print(
+        f"object store / local disk: write {med['s3 write'] / med['local write']:.2f}x, "
+        f"restore {med['s3 restore'] / med['local restore']:.2f}x  (median of {repeats})"
+    )
 
 
 def main() -> None:

@@ -230,6 +230,8 @@ def _tune(args: argparse.Namespace, overrides: list[str]) -> int:
         cfg = load_sweep_config(args.resume, overrides)
     else:
         cfg = load_config(args.config, overrides)
+    if cfg.sweep.toxic_search is not None:
+        return _toxic_search(cfg)
     try:
         outcome = run_sweep(cfg, resume=args.resume)
     except KeyboardInterrupt:
@@ -264,6 +266,21 @@ def _tune(args: argparse.Namespace, overrides: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _toxic_search(cfg) -> int:
+    from tasft_ray.sweep.toxic_search import describe, run_toxic_search
+
+    try:
+        answer, visited = run_toxic_search(cfg)
+    except KeyboardInterrupt:
+        print("tasft-ray tune: interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
+    print(describe(cfg, answer, visited))
+    if visited and (visited[-1].outcome.unfinished or visited[-1].outcome.not_started):
+        print("tasft-ray tune: interrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
     return 0
 
 

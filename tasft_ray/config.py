@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from tasft_ray.errors import UserError
+from tasft_ray.objective import Constraint, Objective
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -31,6 +32,7 @@ DEFAULT_CONFIG = "quickstart"
 Method = Literal["sft", "emd", "nlcl", "kto", "stl"]
 # Methods whose loss needs the safety-related rows: without them they would silently be SFT.
 NEEDS_RELATED = ("emd", "nlcl", "kto", "stl")
+USES_LAMBDA = ("emd", "nlcl")  # the only methods whose loss has a λ
 # tasft_ray.judges registers exactly these (tests/test_judges.py checks it).
 JudgeName = Literal["offline", "deberta", "openai-moderation"]
 SourceFormat = Literal[
@@ -279,6 +281,72 @@ class SweepParam(_Section):
         return self
 
 
+class ConstraintConfig(_Section):
+    """A bound on one metric: absolute (max / min) or relative to the SFT reference."""
+
+    max: float | None = None
+    min: float | None = None
+    max_vs_sft: float | None = None
+    min_vs_sft: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ConstraintConfig:
+        given = [
+            k for k in ("max", "min", "max_vs_sft", "min_vs_sft") if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("give exactly one of max, min, max_vs_sft, min_vs_sft")
+        return self
+
+
+class ObjectiveConfig(_Section):
+    """What a sweep optimises: one validation metric under constraints (or a Pareto front)."""
+
+    minimize: str | None = Field(None, description="Metric to minimise, e.g. val/harm_score.")
+    maximize: str | None = Field(None, description="Metric to maximise.")
+    constraints: dict[str, ConstraintConfig] = Field(
+        default_factory=dict,
+        description="metric -> bound, e.g. {val/quality: {min_vs_sft: -0.02}, "
+        "val/safe_refusal_rate: {max: 0.10}, val/degenerate_rate: {max: 0.05}}.",
+    )
+    pareto: dict[str, Literal["min", "max"]] = Field(
+        default_factory=dict,
+        description="Multi-objective: metric -> direction, e.g. {val/harm_score: min, "
+        "val/safe_refusal_rate: min, val/quality: max}; the sweep maps their Pareto front.",
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ObjectiveConfig:
+        if (self.minimize is None) == (self.maximize is None):
+            raise ValueError("give exactly one of minimize, maximize")
+        return self
+
+    def build(self) -> Objective:
+        cons = tuple(
+            Constraint(metric, kind, getattr(spec, kind))
+            for metric, spec in self.constraints.items()
+            for kind in ("max", "min", "max_vs_sft", "min_vs_sft")
+            if getattr(spec, kind) is not None
+        )
+        target, mode = (self.minimize, "min") if self.minimize else (self.maximize, "max")
+        return Objective(target, mode, cons, tuple(self.pareto.items()))
+
+
+class ToxicSearchConfig(_Section):
+    """The smallest data.toxic_count whose best λ reaches a validation harm target."""
+
+    counts: list[int] = Field(min_length=2, description="Candidate counts, searched by bisection.")
+    target: float = Field(
+        ge=0, description="Largest acceptable value of the objective's metric (e.g. harm rate)."
+    )
+
+
+def setting_label(method: str, lam: float, toxic: int, seed: int | None = None) -> str:
+    """A trial's setting as people name it: ``emd λ=4 n=100 seed=0`` (λ only where it acts)."""
+    label = method + (f" λ={lam:g}" if method in USES_LAMBDA else "") + f" n={toxic}"
+    return label + (f" seed={seed}" if seed is not None else "")
+
+
 class SweepConfig(_Section):
     name: str = Field("sweep", min_length=1, description="Tune experiment name (a folder).")
     storage: str = Field("runs/ray", description="Ray storage path for trials and checkpoints.")
@@ -294,9 +362,25 @@ class SweepConfig(_Section):
     search: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1, description="Samples (x each grid point).")
     max_concurrent_trials: int = Field(1, ge=1)
-    metric: str = Field("loss/total", description="Reported metric that ranks trials.")
+    metric: str = Field(
+        "loss/total",
+        description="Reported metric that ranks trials when there is no objective (a training "
+        "loss cannot compare trials with different λ: use objective).",
+    )
     mode: Literal["min", "max"] = "min"
-    scheduler: Literal["none", "asha"] = Field("none", description="ASHA early stopping.")
+    objective: ObjectiveConfig | None = Field(
+        None,
+        description="What the sweep optimises, under which constraints: it drives the searcher, "
+        "the scheduler and the report's choice (needs eval.every for validation in training).",
+    )
+    toxic_search: ToxicSearchConfig | None = Field(
+        None,
+        description="Search the smallest data.toxic_count reaching toxic_search.target on the "
+        "objective's metric (bisection over counts, λ searched per count).",
+    )
+    scheduler: Literal["none", "asha"] = Field(
+        "none", description="ASHA early stopping, on the objective at validation steps."
+    )
     grace_steps: int = Field(5, ge=1, description="ASHA: steps before a trial may be stopped.")
     num_cpus: int | None = Field(
         None, ge=1, description="Logical CPUs for a local Ray (default: enough for the sweep)."
@@ -440,6 +524,20 @@ class EvalConfig(_Section):
         "(train.checkpoint_every, train.keep_checkpoints) for harm-vs-step curves; eval/* are "
         "logged at each checkpoint's step, quality on the final adapter only.",
     )
+    every: int = Field(
+        0,
+        ge=0,
+        description="Validation during training: every this many steps (a multiple of "
+        "train.checkpoint_every; 0: off) and before the first step, each trial scores its "
+        "current adapter on eval.validation, eval.validation_safe XSTest-safe prompts and "
+        "eval.validation_quality_limit docs per quality task, as val/* metrics.",
+    )
+    validation_safe: int = Field(
+        10, ge=0, description="XSTest-safe prompts in each validation (over-refusal)."
+    )
+    validation_quality_limit: int = Field(
+        10, ge=0, description="Docs per quality task in each validation (after those reported)."
+    )
 
 
 class Config(_Section):
@@ -473,6 +571,41 @@ class Config(_Section):
                 f"loss.method={self.loss.method} needs safety-related pairs but "
                 "data.toxic_count is 0; set data.toxic_count >= 1, or loss.method=sft"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _validation_at_checkpoints(self) -> Config:
+        every, ckpt = self.eval.every, self.train.checkpoint_every
+        if every and (not ckpt or every % ckpt):
+            raise ValueError(
+                f"eval.every={every} must be a multiple of train.checkpoint_every={ckpt}: "
+                "validation runs on checkpoints"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_metric_that_compares_trials(self) -> Config:
+        s = self.sweep
+        if s.objective is not None:
+            if not self.eval.every or not self.eval.validation:
+                raise ValueError(
+                    "sweep.objective needs validation during training: set eval.every and "
+                    "eval.validation (harm benchmarks disjoint from the reported ones)"
+                )
+            return self
+        varies = "loss.lam" in s.space or any("loss.lam" in c for c in s.cases)
+        if (
+            s.metric.startswith("loss/")
+            and varies
+            and (s.search == "optuna" or s.scheduler != "none")
+        ):
+            raise ValueError(
+                f"sweep.metric={s.metric} is a training loss, which λ itself changes (a larger λ "
+                "gives a lower loss): it cannot rank trials with different λ; set sweep.objective, "
+                "e.g. {minimize: val/harm_score}, with eval.every"
+            )
+        if s.toxic_search is not None:
+            raise ValueError("sweep.toxic_search needs sweep.objective (its target metric)")
         return self
 
     @model_validator(mode="after")
@@ -521,7 +654,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and k not in ("fields", "options", "space", "judge_options"):
+        leaf = ("fields", "options", "space", "judge_options", "objective")  # kept whole
+        if isinstance(v, dict) and v and k not in leaf:
             out.update(flatten(v, key + "."))
         else:
             out[key] = v

@@ -133,11 +133,12 @@ class StepLogger:
     exactly once in the run's history, however often the worker group restarts.
     """
 
-    def __init__(self, uri: str, run_id: str, key: str = "loss/total"):
-        self.uri, self.run_id, self.key = uri, run_id, key
+    def __init__(self, uri: str, run_id: str, keys: tuple[str, ...] = ("loss/total", "val/n")):
+        self.uri, self.run_id = uri, run_id
         self.pending: list[dict] = []
-        history = client(uri).get_metric_history(run_id, key)
-        self.logged_up_to = max((m.step for m in history), default=0)
+        c = client(uri)
+        steps = [m.step for key in keys for m in c.get_metric_history(run_id, key)]
+        self.logged_up_to = max(steps, default=-1)  # step 0: validation before training
 
     def add(self, metrics: dict) -> None:
         self.pending.append(metrics)

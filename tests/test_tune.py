@@ -488,27 +488,22 @@ def test_ray_job_submit(tmp_path, ray_head):
 
 def test_optuna_search_and_asha_on_reported_step():
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from tasft_ray.sweep.space import scheduler, search_alg
+    from tasft_ray.sweep.space import scheduler, search_alg, tune_metric
 
-    cfg = load_config(
-        "tiny",
-        [
-            "sweep.search=optuna",
-            "sweep.space={loss.lam: {loguniform: [0.1, 10.0]}}",
-            "sweep.scheduler=asha",
-            "sweep.grace_steps=3",
-        ],
-    )
-    assert isinstance(search_alg(cfg.sweep, cfg.train.seed), OptunaSearch)
-    from ray.tune.search import BasicVariantGenerator
-
+    cfg = load_config("tiny-search", ["sweep.grace_steps=3", "sweep.max_concurrent_trials=2"])
+    searcher = search_alg(cfg.sweep, cfg.train.seed)
+    # the searcher holds the concurrency limit (Tune ignores its own once a searcher is given)
+    assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 2
+    assert isinstance(searcher.searcher, OptunaSearch)
     one = load_config("tiny", ["sweep.max_concurrent_trials=1"])
     basic = search_alg(one.sweep, one.train.seed)
     assert isinstance(basic, BasicVariantGenerator) and basic.max_concurrent == 1
     asha = scheduler(cfg.sweep, cfg.train.max_steps)
     assert isinstance(asha, ASHAScheduler) and asha._time_attr == "step"
+    assert tune_metric(cfg.sweep) == ("objective", "min")  # the objective, not a loss
     grid = cfg.with_overrides({"sweep.space": {"loss.lam": {"grid": [0, 1]}}})
     with pytest.raises(ConfigError, match="sweep.search=optuna: use choice/uniform/loguniform"):
         search_alg(grid.sweep, grid.train.seed)

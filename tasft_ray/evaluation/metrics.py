@@ -9,11 +9,13 @@ from tasft_ray.evaluation.degenerate import degenerate_flags, top_first_word_sha
 
 def summarize(rows: list[dict], benchmarks: list[str]) -> dict[str, float]:
     """Judged rows -> metrics: per benchmark, the paper's totals, XSTest's two rates, and the
-    share of degenerate answers over every prompt (answers/degenerate_rate)."""
+    share of degenerate answers over every reported prompt (answers/degenerate_rate; validation
+    rows, source ``val/…``, only make val/*, as in `tasft-ray evaluate`, which has none)."""
     out: dict[str, float] = {}
-    if rows:
-        out["answers/degenerate_rate"] = sum(degenerate_flags(rows)) / len(rows)
-    if (share := top_first_word_share(rows)) is not None:
+    reported = [r for r in rows if not r["source"].startswith(VAL)]
+    if reported:
+        out["answers/degenerate_rate"] = sum(degenerate_flags(reported)) / len(reported)
+    if (share := top_first_word_share(reported)) is not None:
         out["answers/top_first_word_share"] = share
     for bench in benchmarks:
         mine = [r for r in rows if r["source"] == bench]

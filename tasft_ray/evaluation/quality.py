@@ -130,10 +130,16 @@ def hf_lm(model, tokenizer, batch_size: int = 8):
 
 
 def continuation_lm(model, tokenizer, batch_size: int = 8, max_length: int = 2048):
-    """The LM that `tasft-ray evaluate` uses: ``ContinuationLM`` (see there)."""
+    """The LM that `tasft-ray evaluate` uses: ``ContinuationLM`` (see there); a peft adapter is
+    merged into the weights first (faster, and the model is not trained further)."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return _continuation_lm_class()(model.eval(), tokenizer, batch_size, max_length)
+
+
+def unmerged_lm(model, tokenizer, batch_size: int = 8, max_length: int = 2048):
+    """``ContinuationLM`` over a model still being trained: its adapter stays separate."""
+    return _continuation_lm_class()(model, tokenizer, batch_size, max_length)
 
 
 @functools.cache

@@ -29,7 +29,7 @@ from tasft_ray.evaluation.metrics import summarize
 from tasft_ray.evaluation.model_metrics import model_metrics
 from tasft_ray.files import LOCK_FILE, check_writable, output_lock, to_jsonl, write_atomic
 from tasft_ray.inference.adapters import adapter_from_spec
-from tasft_ray.inference.generator import generate_responses, load_generator_model
+from tasft_ray.inference.generator import batch_seed, generate_responses, load_generator_model
 from tasft_ray.inference.judging import JudgeStage
 from tasft_ray.inference.pipeline import answer_pipeline, clean_row, pipeline_cpus
 from tasft_ray.judges import check_judge
@@ -126,8 +126,9 @@ def evaluate_in_process(
         part = prompts[i : i + batch_size]
         batch = {k: [p[k] for p in part] for k in ("id", "source", "instruction", "input")}
         batch["response"] = generate_responses(
-            model, tokenizer, batch["instruction"], batch["input"], e.sampling
-        )
+            model, tokenizer, batch["instruction"], batch["input"], e.sampling,
+            seed=batch_seed(e.sampling.seed, batch["id"][0]),
+        )  # fmt: skip
         judged = judge(batch)
         rows += [clean_row({k: v[j] for k, v in judged.items()}) for j in range(len(part))]
     metrics = summarize(rows, e.benchmarks)

@@ -41,6 +41,12 @@ def generate_responses(
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
+def batch_seed(seed: int, first_id: str) -> int:
+    """The sampling seed of a batch, from its first prompt's id: the same in the Ray Data actors,
+    in a trial's evaluation and in validation, so the same batch is sampled alike everywhere."""
+    return seed + int(str(first_id)[:8], 16)
+
+
 def load_generator_model(model_cfg: ModelConfig, adapter: str | None, device: str = "cpu"):
     """Base model (+ LoRA adapter) in eval mode."""
     tokenizer, model = load_model(model_cfg)
@@ -63,7 +69,7 @@ class HFGenerator:
         self.sampling = SamplingConfig.model_validate(sampling)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        seed = self.sampling.seed + int(str(batch["id"][0])[:8], 16)  # per batch, reproducible
+        seed = batch_seed(self.sampling.seed, batch["id"][0])
         responses = generate_responses(
             self.model,
             self.tokenizer,

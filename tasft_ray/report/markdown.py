@@ -81,7 +81,13 @@ def _seeds_table(trials: list[Trial]) -> list[str]:
     return md + _table(header, rows)
 
 
-def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped: list[str]) -> str:
+def to_markdown(
+    trials: list[Trial],
+    choices: list[Choice],
+    where: str,
+    skipped: list[str],
+    rule: str = RULE,
+) -> str:
     benches = harm_benchmarks(trials)
     key = ["model", "method", "toxic", "λ"] + (["seed"] if any(t.seeded for t in trials) else [])
     md = [f"# TA-SFT report — {where}", ""]
@@ -146,7 +152,7 @@ def to_markdown(trials: list[Trial], choices: list[Choice], where: str, skipped:
     if any(len(s.trials) > 1 for s in settings(trials)):
         md += _seeds_table(trials)
 
-    md += ["## Chosen λ", "", f"Rule: {RULE}", ""]
+    md += ["## Chosen λ", "", f"Rule: {rule}", ""]
     if choices:
         rows = [
             [c.model, c.method, str(c.toxic), c.trial.lam_text, c.setting.seeds]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from tasft_ray.objective import Objective
 from tasft_ray.report.trials import Setting, Trial, settings
 
 QUALITY_TOLERANCE = 0.02  # the best-λ rule: quality within 2 points of SFT
@@ -43,8 +45,11 @@ RULE = (
 )
 
 
-def best_lambda(trials: list[Trial], tolerance: float = QUALITY_TOLERANCE) -> list[Choice]:
-    """The rule above, for every (model, method != sft, toxic count) in ``trials``."""
+def best_lambda(
+    trials: list[Trial], tolerance: float = QUALITY_TOLERANCE, objective: Objective | None = None
+) -> list[Choice]:
+    """The rule above — or, for a sweep that declared an objective, that objective — for every
+    (model, method != sft, toxic count) in ``trials``."""
     groups: dict[tuple[str, str, int], list[Setting]] = {}
     for s in settings(trials):
         t = s.first
@@ -52,8 +57,12 @@ def best_lambda(trials: list[Trial], tolerance: float = QUALITY_TOLERANCE) -> li
             groups.setdefault((t.model, t.method, t.toxic), []).append(s)
     choices = []
     for (model, method, toxic), group in groups.items():
-        sft = [t for t in trials if t.model == model and t.method == "sft"]
-        sft = Setting([t for t in sft if t.toxic == toxic] or sft)
+        sft = sft_reference(group[0], trials)
+        if objective is not None:
+            choice = _by_objective(objective, group, sft)
+            if choice is not None:
+                choices.append(Choice(model, method, toxic, *choice))
+            continue
         ref = sft.mean("quality/mean_acc") if sft.trials else None
         eligible, reason = group, "no SFT quality to compare: fewest harmful"
         if ref is not None and all(s.values("quality/mean_acc") is not None for s in group):
@@ -70,8 +79,8 @@ def best_lambda(trials: list[Trial], tolerance: float = QUALITY_TOLERANCE) -> li
         best = min(
             eligible,
             key=lambda s: (
-                s.mean(f"{on}/n_harmful"),
-                s.mean(f"{on}/harm_score") or 0,
+                _or_inf(s.mean(f"{on}/n_harmful")),
+                _or_inf(s.mean(f"{on}/harm_score")),
                 s.first.lam,
             ),
         )
@@ -81,6 +90,45 @@ def best_lambda(trials: list[Trial], tolerance: float = QUALITY_TOLERANCE) -> li
             reason += f"; {worst:.0%} degenerate answers and no SFT trial to compare: read them"
         choices.append(Choice(model, method, toxic, best, reason))
     return choices
+
+
+def _or_inf(value: float | None) -> float:
+    """A missing score never ranks best."""
+    return math.inf if value is None else value
+
+
+def sft_reference(setting: Setting, trials: list[Trial]) -> Setting:
+    """The SFT trials that differ from ``setting`` only in method (and λ, toxic count and seed,
+    which SFT does not use): same model, every other param equal."""
+    t = setting.first
+    sft = [x for x in trials if x.method == "sft" and x.model == t.model and x.rest == t.rest]
+    return Setting([x for x in sft if x.toxic == t.toxic] or sft)
+
+
+def _by_objective(objective: Objective, group: list[Setting], sft: Setting):
+    """(setting, reason) by the sweep's objective on each trial's last validation (means over
+    seeds), or None when no λ of the group is feasible."""
+    reference = _mean_validation(sft) if sft.trials else None
+    scored = [(s, _mean_validation(s)) for s in group]
+    best = objective.best(scored, reference)
+    reason = f"objective: {objective.describe()}, on the last validation"
+    if objective.needs_reference and reference is None:
+        reason += " (no SFT trial: the SFT-relative constraints were not checked)"
+    if best is None:
+        return None
+    if len(best.trials) > 1:
+        reason += "; means over seeds"
+    return best, reason
+
+
+def _mean_validation(s: Setting) -> dict[str, float]:
+    keys = {k for t in s.trials for k in t.validation}
+    means = {}
+    for k in keys:
+        vals = [t.validation.get(k) for t in s.trials]
+        if all(v is not None for v in vals):
+            means[k] = sum(vals) / len(vals)
+    return means
 
 
 def _drop_degenerate(

@@ -3,10 +3,13 @@ settings: trials that differ only in ``train.seed`` are one setting."""
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, field
 
 from tasft_ray import tracking
+from tasft_ray.config import ObjectiveConfig
 from tasft_ray.errors import UserError
+from tasft_ray.objective import TUNE_METRIC, Objective
 
 FINAL = "final/eval/"
 CURVES = ("safety/harm_score", "safety/harmful_rate", "xstest/safe_refusal_rate")
@@ -37,6 +40,8 @@ class Trial:
     seed: int = 0
     seeded: bool = False  # the report holds several seeds: name each trial's
     rest: tuple[tuple[str, str], ...] = ()  # every other param: differing ones are not seeds
+    validation: dict[str, float] = field(default_factory=dict)  # last val/* and objective
+    objective: str = "None"  # the sweep's objective, as logged (a dict's text)
 
     @property
     def lam_text(self) -> str:
@@ -152,8 +157,15 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
                 curves={k: v for k, v in curves.items() if v},
                 seed=int(p.get("train.seed", 0)),
                 rest=tuple(sorted((k, v) for k, v in p.items() if _is_setting(k))),
+                validation={
+                    k.removeprefix("final/"): v
+                    for k, v in r.data.metrics.items()
+                    if k.startswith(("final/val/", f"final/{TUNE_METRIC}"))
+                },
+                objective=p.get("sweep.objective", "None"),
             )
         )
+
     where = f"parent run {parent_run_id}" if parent_run_id else f"experiment {experiment}"
     if not trials:
         raise ReportError(
@@ -166,3 +178,12 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
     for t in trials:
         t.seeded = seeded
     return trials, skipped
+
+
+def declared_objective(trials: list[Trial]) -> Objective | None:
+    """The objective the trials' sweep declared (its ``sweep.objective`` param), when they all
+    share one; trials of sweeps without one, or of several, get the report's own rule."""
+    logged = {t.objective for t in trials}
+    if len(logged) != 1 or logged == {"None"}:
+        return None
+    return ObjectiveConfig.model_validate(ast.literal_eval(next(iter(logged)))).build()

@@ -17,10 +17,10 @@ from tasft_ray.files import atomic_dir
 from tasft_ray.report.figures import FIG2, FIG3, plot_harm_vs_step, plot_refusal_vs_safety
 from tasft_ray.report.markdown import to_markdown
 from tasft_ray.report.rule import RULE, best_lambda
-from tasft_ray.report.trials import ReportError, Trial, load_trials
+from tasft_ray.report.trials import ReportError, Trial, declared_objective, load_trials
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
-TRIAL_ONLY = ("seeded", "rest")  # kept out of report.json: presentation, and every config param
+TRIAL_ONLY = ("seeded", "rest", "objective")  # not in report.json: presentation, config params
 
 
 def write_report(
@@ -35,16 +35,23 @@ def write_report(
     if bool(parent_run_id) == bool(experiment):
         raise ReportError("give exactly one of --parent-run ID or --experiment NAME")
     trials, skipped = load_trials(uri, parent_run_id, experiment)
-    choices = best_lambda(trials)
+    objective = declared_objective(trials)
+    choices = best_lambda(trials, objective=objective)
+    rule = RULE
+    if objective is not None:
+        rule = (
+            f"the sweep's objective: {objective.describe()}, on each trial's last validation "
+            "(means over seeds); the SFT reference is the SFT trial that differs only in method"
+        )
     where = f"sweep run {parent_run_id}" if parent_run_id else f"experiment {experiment}"
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
-        (tmp / REPORT_MD).write_text(to_markdown(trials, choices, where, skipped))
+        (tmp / REPORT_MD).write_text(to_markdown(trials, choices, where, skipped, rule))
         plot_harm_vs_step(trials, tmp / FIG2)
         plot_refusal_vs_safety(trials, tmp / FIG3)
         data = {
             "where": where,
-            "rule": RULE,
+            "rule": rule,
             "trials": [
                 {k: v for k, v in t.__dict__.items() if k not in TRIAL_ONLY} for t in trials
             ],

@@ -25,13 +25,29 @@ from ray import tune
 
 from tasft_ray import tracking
 from tasft_ray.cluster import init_ray
-from tasft_ray.config import Config, ConfigError, SweepConfig, cache_root, parse_config
+from tasft_ray.config import (
+    Config,
+    ConfigError,
+    SweepConfig,
+    cache_root,
+    parse_config,
+    setting_label,
+)
 from tasft_ray.files import LOCK_FILE, output_lock
 from tasft_ray.judges import check_judge
+from tasft_ray.objective import TUNE_METRIC, Objective
 from tasft_ray.report import ReportError, format_trials, plain_table, write_report
 from tasft_ray.storage import Location, location
 from tasft_ray.sweep.prepared import prepare
-from tasft_ray.sweep.space import param_space, scheduler, search_alg, trial_configs, trial_overrides
+from tasft_ray.sweep.search_log import log_search
+from tasft_ray.sweep.space import (
+    param_space,
+    scheduler,
+    search_alg,
+    trial_configs,
+    trial_overrides,
+    tune_metric,
+)
 from tasft_ray.sweep.trial import run_trial
 
 log = logging.getLogger(__name__)
@@ -94,6 +110,21 @@ class SweepOutcome:
     not_started: int = 0  # trials of the space the stopped sweep never created
     report: Location | None = None  # the sweep's report folder (eval.in_sweep) or None
     report_text: str = ""  # the report's terminal table
+    objective: Objective | None = None
+    reference: dict | None = None  # the SFT reference's validation metrics
+    best: str | None = None  # the best feasible trial under the objective
+
+    def finals(self) -> dict[str, dict]:
+        """Each trial's last result, by trial name (Tune's order)."""
+        return {n: dict(r.metrics or {}) for n, r in zip(self.status, self.results, strict=True)}
+
+    def labels(self, cfg: Config) -> dict[str, str]:
+        """Each trial's setting (``emd λ=4 n=100 seed=0``), by trial name."""
+        out = {}
+        for name, r in zip(self.status, self.results, strict=True):
+            t = cfg.with_overrides(trial_overrides(r.config or {}), check_files=False)
+            out[name] = setting_label(t.loss.method, t.loss.lam, t.data.toxic_count, t.train.seed)
+        return out
 
     @property
     def unfinished(self) -> list[str]:
@@ -184,15 +215,19 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
         lock = output_lock(Path(sweep.path) / LOCK_FILE, "sweep", sweep.uri)
     else:  # an object store has no exclusive create: one driver per sweep URI (README)
         lock = contextlib.nullcontext()
+    objective = cfg.sweep.objective.build() if cfg.sweep.objective else None
+    ref = _reference_config(cfg) if objective and objective.needs_reference else None
     init_ray(cfg)
-    prepared = prepare(configs)
+    prepared = prepare(configs + ([ref] if ref else []))
     with lock:
         parent = tracking.start_parent_run(uri, cfg, sweep)
         sweep.write_text(SWEEP_CONFIG, cfg.to_yaml())
         log.info("sweep %s: results in %s, MLflow parent run %s at %s", cfg.sweep.name,
                  sweep.uri, parent, uri)  # fmt: skip
         try:
-            results = _fit(cfg, sweep, uri, parent, prepared, restore=bool(resume))
+            reference = _reference(ref, sweep, uri, parent, prepared) if ref else None
+            search = {"objective": objective, "reference": reference} if objective else None
+            results = _fit(cfg, sweep, uri, parent, prepared, bool(resume), search)
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             tracking.finish_children(uri, parent, status)
@@ -203,6 +238,10 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
             tracking.finish_children(uri, parent, "KILLED", set(outcome.unfinished_ids))
             tracking.finish_run(uri, parent, "KILLED")
             return outcome
+        if objective is not None:
+            outcome.best = log_search(uri, parent, objective, outcome.finals(),
+                                      outcome.labels(cfg), reference)  # fmt: skip
+            outcome.objective, outcome.reference = objective, reference
         if cfg.eval.in_sweep:
             _report(outcome, uri)
         errors = [r for r in results if r.error]
@@ -245,40 +284,77 @@ def _outcome(cfg: Config, results, sweep: Location, uri: str, parent: str) -> Sw
     return SweepOutcome(results, sweep, uri, parent, status, ids, left)
 
 
-def _fit(cfg: Config, sweep: Location, uri: str, parent: str, prepared, restore: bool):
+def _fit(
+    cfg: Config,
+    where: Location,
+    uri: str,
+    parent: str,
+    prepared,
+    restore: bool,
+    search: dict | None = None,
+):
+    """Tune's run of ``cfg``'s space in folder ``where`` (restored when it can be)."""
     trainable = tune.with_parameters(
         run_trial,
         base=cfg.model_dump(mode="json"),
-        sweep=sweep,
+        sweep=where,
         mlflow={"uri": uri, "parent_run_id": parent},
         prepared=prepared,
+        search=search,
     )
     _STOPPED.clear()
-    fs = {} if sweep.local else {"storage_filesystem": sweep.fs}
-    if restore and tune.Tuner.can_restore(sweep.path, **fs):
+    fs = {} if where.local else {"storage_filesystem": where.fs}
+    if restore and tune.Tuner.can_restore(where.path, **fs):
         tuner = tune.Tuner.restore(
-            sweep.path, trainable=trainable, resume_unfinished=True, resume_errored=True, **fs
+            where.path, trainable=trainable, resume_unfinished=True, resume_errored=True, **fs
         )
     else:  # new, or killed before Tune saved any state: (re)start it in its folder
         if restore:
-            log.info("%s has no Tune state yet: starting the sweep over in it", sweep.uri)
+            log.info("%s has no Tune state yet: starting the sweep over in it", where.uri)
+        metric, mode = tune_metric(cfg.sweep)
+        one = not isinstance(metric, list)  # a Pareto search gives its metrics to its searcher
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(cfg.sweep),
             tune_config=tune.TuneConfig(
-                metric=cfg.sweep.metric,
-                mode=cfg.sweep.mode,
+                metric=metric if one else None,
+                mode=mode if one else None,
                 num_samples=cfg.sweep.num_samples,
-                max_concurrent_trials=cfg.sweep.max_concurrent_trials,
-                search_alg=search_alg(cfg.sweep, cfg.train.seed),
+                search_alg=search_alg(cfg.sweep, cfg.train.seed),  # holds the concurrency
                 scheduler=scheduler(cfg.sweep, cfg.train.max_steps),
             ),
             run_config=tune.RunConfig(
-                name=sweep.name, callbacks=[_StopWatch()], **sweep.parent().ray_storage()
+                name=where.name, callbacks=[_StopWatch()], **where.parent().ray_storage()
             ),
         )
     with _sigterm_stops_tune():
         return tuner.fit()
+
+
+def _reference_config(cfg: Config) -> Config:
+    """The SFT trial the objective's *_vs_sft constraints compare with: the sweep's base
+    settings with method sft, one trial."""
+    return cfg.with_overrides(
+        {"loss.method": "sft", "sweep.space": {}, "sweep.cases": [], "sweep.search": "grid",
+         "sweep.scheduler": "none", "sweep.num_samples": 1, "sweep.objective": None,
+         "sweep.toxic_search": None, "sweep.metric": "step", "sweep.mode": "max"},
+    )  # fmt: skip
+
+
+def _reference(ref: Config, sweep: Location, uri: str, parent: str, prepared) -> dict[str, float]:
+    """Run (or, resumed, reuse) the SFT reference; its last validation's metrics."""
+    where = sweep.child(REFERENCE)
+    results = _fit(ref, where, uri, parent, prepared, restore=True, search={"role": REFERENCE})
+    if _STOPPED.is_set() or not len(results) or results[0].error:
+        raise ConfigError(
+            f"the SFT reference of the objective did not finish ({where.uri}); resume the sweep"
+        )
+    val = {k: v for k, v in (results[0].metrics or {}).items() if k.startswith("val/")}
+    log.info("SFT reference for the objective's constraints: %s", val)
+    return val
+
+
+REFERENCE = "reference"
 
 
 def load_sweep_config(resume: str, overrides: list[str]) -> Config:
@@ -291,19 +367,33 @@ def load_sweep_config(resume: str, overrides: list[str]) -> Config:
 
 
 def summary(outcome: SweepOutcome, cfg: Config) -> str:
-    """A plain-text table of trials: the swept values, the final metrics and how each ended."""
+    """A plain-text table of trials: the swept values, the objective's numbers when there is
+    one, each loss term averaged over the run, and how each trial ended."""
     keys = list(cfg.sweep.space) + sorted({k for c in cfg.sweep.cases for k in c})
-    cols = [*keys, "step", "loss/total", "loss/sft", "loss/penalty", "status"]
+    shown = [*outcome.objective.metrics, TUNE_METRIC] if outcome.objective else []
+    losses = ["loss/total", "loss/sft", "loss/penalty"]
+    cols = [*keys, "step", *shown, *(f"avg {x}" for x in losses), "status"]
     rows = []
     for r, status in zip(outcome.results, outcome.status.values(), strict=True):
         params = trial_overrides(r.config or {})
         m = r.metrics or {}
+        avg = [m.get(f"avg/{x}", m.get(x)) for x in losses]  # older runs logged no averages
+        if status == "ok" and cfg.train.max_steps and m.get("step", 0) < cfg.train.max_steps:
+            status = "stopped early"  # by the scheduler, on the objective
         rows.append(
-            [str(params.get(k, "")) for k in keys]
-            + [
-                str(m.get("step", "")),
-                *(f"{m[k]:.4f}" if k in m else "" for k in cols[-4:-1]),
-                status,
-            ]
+            [_shown(params.get(k, "")) for k in keys]
+            + [str(m.get("step", ""))]
+            + [f"{m[k]:.4f}" if k in m else "" for k in shown]
+            + [f"{v:.4f}" if v is not None else "" for v in avg]
+            + [status]
         )
-    return plain_table(cols, rows)
+    text = plain_table(cols, rows)
+    if outcome.objective is not None:
+        labels = outcome.labels(cfg)
+        best = labels.get(outcome.best, outcome.best) if outcome.best else "none feasible"
+        text += f"\nobjective: {outcome.objective.describe()}; best: {best}"
+    return text
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -17,6 +17,7 @@ from typing import Any
 from tasft_ray.config import Config, ConfigError
 from tasft_ray.data.mixture import build_mixture
 from tasft_ray.evaluation.safety import load_eval_data
+from tasft_ray.evaluation.validation import load_validation_data
 from tasft_ray.training.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Prepared:
 
     mixtures: dict[str, Any] = field(default_factory=dict)
     evals: dict[str, Any] = field(default_factory=dict)
+    validations: dict[str, Any] = field(default_factory=dict)
 
     def mixture(self, cfg: Config):
         try:
@@ -53,6 +55,9 @@ class Prepared:
 
     def eval_data(self, cfg: Config):
         return self.evals.get(eval_key(cfg))
+
+    def validation_data(self, cfg: Config):
+        return self.validations.get(eval_key(cfg))
 
 
 def prepare(configs: list[Config]) -> Prepared:
@@ -74,9 +79,12 @@ def prepare(configs: list[Config]) -> Prepared:
             out.mixtures[key] = ray.put(mixture)
         if cfg.eval.in_sweep and eval_key(cfg) not in out.evals:
             out.evals[eval_key(cfg)] = ray.put(load_eval_data(cfg))
+        if cfg.eval.every and eval_key(cfg) not in out.validations:
+            out.validations[eval_key(cfg)] = ray.put(load_validation_data(cfg))
     log.info(
-        "data prepared for %d trial config(s): %d training mixture(s), %d evaluation set(s), "
-        "%.1f s; the trials get them through Ray",
-        len(configs), len(out.mixtures), len(out.evals), time.perf_counter() - start,
+        "data prepared for %d trial config(s): %d training mixture(s), %d evaluation and %d "
+        "validation set(s), %.1f s; the trials get them through Ray",
+        len(configs), len(out.mixtures), len(out.evals), len(out.validations),
+        time.perf_counter() - start,
     )  # fmt: skip
     return out

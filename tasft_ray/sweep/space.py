@@ -7,6 +7,7 @@ import itertools
 from typing import Any
 
 from tasft_ray.config import Config, ConfigError, SweepConfig
+from tasft_ray.objective import TUNE_METRIC
 
 CASE_KEY = "case"
 
@@ -72,29 +73,48 @@ def trial_configs(cfg: Config) -> list[Config]:
     return configs
 
 
+def tune_metric(sweep: SweepConfig) -> tuple[str | list[str] | None, str | list[str] | None]:
+    """What Tune ranks trials by: the objective's scalar (lower is better), the Pareto metrics
+    of a multi-objective search, or ``sweep.metric`` without an objective."""
+    if sweep.objective is None:
+        return sweep.metric, sweep.mode
+    if sweep.objective.pareto:
+        return list(sweep.objective.pareto), list(sweep.objective.pareto.values())
+    return TUNE_METRIC, "min"
+
+
 def search_alg(sweep: SweepConfig, seed: int):
-    """Tune's searcher for ``sweep.search`` (grid/random: seeded with ``seed``)."""
+    """Tune's searcher for ``sweep.search``, holding ``max_concurrent_trials`` itself (Tune
+    ignores its own limit, with a warning, once a searcher is passed in)."""
     if sweep.search != "optuna":  # grid points enumerated, distributions sampled (seeded)
         from ray.tune.search import BasicVariantGenerator
 
-        # Tune does not apply max_concurrent_trials to a BasicVariantGenerator passed in: without
-        # this, every trial starts at once and their workers deadlock on the logical CPUs.
+        # without the limit every trial starts at once and the workers deadlock on the CPUs
         return BasicVariantGenerator(random_state=seed, max_concurrent=sweep.max_concurrent_trials)
     if any(p.grid is not None for p in sweep.space.values()) or sweep.cases:
         raise ConfigError("sweep.search=optuna: use choice/uniform/loguniform, not grid or cases")
     try:
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:  # pragma: no cover - depends on the environment
         raise ConfigError("sweep.search=optuna needs `pip install optuna`") from None
-    return OptunaSearch()
+    metric, mode = tune_metric(sweep)
+    # TPE, seeded; log-uniform ranges (λ) are sampled on the log scale. One objective reaches
+    # the searcher through TuneConfig; a Pareto search passes its lists here (TuneConfig takes
+    # one metric only), which gives Optuna's multi-objective sampler.
+    pareto = {"metric": metric, "mode": mode} if isinstance(metric, list) else {}
+    searcher = OptunaSearch(seed=seed, **pareto)
+    return ConcurrencyLimiter(searcher, max_concurrent=sweep.max_concurrent_trials)
 
 
 def scheduler(sweep: SweepConfig, max_steps: int | None):
-    """ASHA on the reported step (``sweep.scheduler: asha``), else none."""
+    """ASHA (``sweep.scheduler: asha``) on the objective at validation steps, else none.
+    Scheduled on the reported step: training_iteration restarts at 0 after a restore."""
     if sweep.scheduler != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    max_t = max_steps or 10**6
-    # scheduled on the reported step: training_iteration restarts at 0 after a restore
-    return ASHAScheduler(time_attr="step", max_t=max_t, grace_period=sweep.grace_steps)
+    if isinstance(tune_metric(sweep)[0], list):
+        raise ConfigError("sweep.scheduler=asha needs one objective, not a Pareto front")
+    # its metric comes from TuneConfig (tune_metric)
+    return ASHAScheduler(time_attr="step", max_t=max_steps or 10**6, grace_period=sweep.grace_steps)

@@ -14,9 +14,10 @@ from typing import Any
 import ray
 
 from tasft_ray import tracking
-from tasft_ray.config import Config
+from tasft_ray.config import Config, setting_label
 from tasft_ray.evaluation.data import EvalData
 from tasft_ray.evaluation.safety import RESPONSES_FILE, evaluate_in_process, judge_stage
+from tasft_ray.evaluation.validation import Validator
 from tasft_ray.files import to_jsonl, write_atomic
 from tasft_ray.storage import Location
 from tasft_ray.sweep.prepared import Prepared
@@ -28,9 +29,15 @@ TRIAL_NODE_TAG = "tasft.trial_node"  # MLflow tag: the Ray node the trial's own 
 
 
 def run_trial(
-    params: dict[str, Any], base: dict, sweep: Location, mlflow: dict, prepared: Prepared
+    params: dict[str, Any],
+    base: dict,
+    sweep: Location,
+    mlflow: dict,
+    prepared: Prepared,
+    search: dict | None = None,
 ) -> None:
-    """One trial: resolve its config, fit a TorchTrainer, log the outcome to its child run."""
+    """One trial: resolve its config, fit a TorchTrainer, log the outcome to its child run.
+    ``search``: the sweep's objective and its SFT reference metrics, when it has one."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -44,7 +51,8 @@ def run_trial(
     trial_dir = root / "trials" / trial_name
     cfg = cfg.with_overrides({"train.output_dir": str(trial_dir)}, check_files=False)
     uri = mlflow["uri"]
-    run_id = tracking.child_run(uri, cfg, mlflow["parent_run_id"], trial_id, trial_name)
+    label = setting_label(cfg.loss.method, cfg.loss.lam, cfg.data.toxic_count, cfg.train.seed)
+    run_id = tracking.child_run(uri, cfg, mlflow["parent_run_id"], trial_id, label)
     done = tracking.client(uri).get_run(run_id)
     if done.info.status == "FINISHED":
         # The driver died after this trial finished but before Tune saved that: do not rerun.
@@ -57,7 +65,20 @@ def run_trial(
         return
     for key, value in trial_overrides(params).items():
         tracking.client(uri).set_tag(run_id, f"sweep.{key}", str(value))
-    tracking.client(uri).set_tag(run_id, TRIAL_NODE_TAG, ray.get_runtime_context().get_node_id())
+    c = tracking.client(uri)
+    tags = {TRIAL_NODE_TAG: ray.get_runtime_context().get_node_id(), "tasft.trial": trial_name,
+            "tasft.method": cfg.loss.method, "tasft.toxic_count": str(cfg.data.toxic_count),
+            "tasft.lam": f"{cfg.loss.lam:g}", "tasft.seed": str(cfg.train.seed)}  # fmt: skip
+    search = dict(search or {})
+    if search.pop("role", None):  # the SFT reference of the sweep's objective
+        tags["tasft.role"] = "reference"
+    for key, value in tags.items():  # the MLflow UI groups and filters runs by them
+        c.set_tag(run_id, key, value)
+    validation = None
+    if cfg.eval.every:
+        data = ray.get(prepared.validation_data(cfg))
+        validation = {"validator": Validator(cfg.eval, data, cfg.generate.batch_size),
+                      **search}  # fmt: skip
     trainer = build_trainer(
         cfg,
         name=f"train_{trial_id}",
@@ -65,6 +86,7 @@ def run_trial(
         mlflow={"uri": uri, "run_id": run_id},
         callbacks=[TuneReportCallback()],
         mixture=prepared.mixture(cfg),
+        validation=validation,
     )
     try:
         result = trainer.fit()

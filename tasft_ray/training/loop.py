@@ -45,7 +45,12 @@ from tasft_ray.training.checkpoints import (
 )
 from tasft_ray.training.engine import build_engine
 from tasft_ray.training.models import HiddenStateTap, attach_lora, embedding_matrix, load_model
-from tasft_ray.training.step_metrics import SUMMED, reduce_over_ranks, torch_sum_over_ranks
+from tasft_ray.training.step_metrics import (
+    SUMMED,
+    WEIGHTS,
+    reduce_over_ranks,
+    torch_sum_over_ranks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +117,7 @@ class TASFTTrainer:
         self.tap = HiddenStateTap(self.model) if self._fused(cfg) else None
         self.engine = build_engine(self.model, t, cfg.engine, self.total_steps, rank, world_size)
         self.step = 0
+        self.run_sums: dict[str, tuple[float, float]] = {}  # term -> (weighted sum, tokens)
         self._order_cache: tuple[int, list[int]] | None = None
 
     def _emd_embeddings(self, lc) -> torch.Tensor:
@@ -217,7 +223,18 @@ class TASFTTrainer:
         if self.world_size > 1 and torch.distributed.is_initialized():
             metrics = reduce_over_ranks(local, torch_sum_over_ranks)
         metrics["tokens_per_s"] = metrics["tokens"] / (time.perf_counter() - start)
-        return metrics
+        return metrics | self._run_averages(metrics)
+
+    def _run_averages(self, metrics: dict) -> dict[str, float]:
+        """avg/loss/*: each loss term over every step so far, token-weighted (what a trial's
+        loss was; the last step alone can lack harmful rows, making its penalty 0)."""
+        out = {}
+        for term, weight in WEIGHTS.items():
+            total, tokens = self.run_sums.get(term, (0.0, 0.0))
+            total, tokens = total + metrics[term] * metrics[weight], tokens + metrics[weight]
+            self.run_sums[term] = (total, tokens)
+            out[f"avg/{term}"] = total / tokens if tokens else 0.0
+        return out
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -232,7 +249,8 @@ class TASFTTrainer:
             if self.rank == 0:
                 self.model.save_pretrained(directory / ADAPTER_DIR)
         if self.rank == 0:
-            (directory / STATE_FILE).write_text(json.dumps({"step": self.step}))
+            state = {"step": self.step, "run_sums": self.run_sums}
+            (directory / STATE_FILE).write_text(json.dumps(state))
         torch.save(torch.get_rng_state(), directory / rng_file(self.rank))
         self.engine.save(directory)
 
@@ -267,6 +285,8 @@ class TASFTTrainer:
         if rng.is_file():  # absent when resuming on more ranks than wrote the checkpoint
             torch.set_rng_state(torch.load(rng))
         self.step = checkpoint_step(directory)
+        state = json.loads((directory / STATE_FILE).read_text())
+        self.run_sums = {k: tuple(v) for k, v in state.get("run_sums", {}).items()}
 
     # ------------------------------------------------------------------ loop
 

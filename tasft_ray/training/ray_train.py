@@ -16,6 +16,7 @@ import torch
 
 from tasft_ray import tracking
 from tasft_ray.config import Config
+from tasft_ray.objective import TUNE_METRIC
 from tasft_ray.storage import Location
 from tasft_ray.tracking import StepLogger
 from tasft_ray.training.loop import TASFTTrainer
@@ -49,12 +50,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
         steps = StepLogger(mlflow["uri"], mlflow["run_id"])
         tracking.client(mlflow["uri"]).set_tag(mlflow["run_id"], NODES_TAG, ",".join(nodes))
 
+    validation = _Validation(loop_config, trainer, rank, world)
+    if validation.on and trainer.step == 0:  # where the curves start: the untrained adapter
+        first = validation.run({"step": 0})
+        if steps:
+            steps.add(first)
+        if validation.objective is not None:  # Tune ranks by it from the start
+            ray.train.report(first)
+
     def on_metrics(metrics: dict) -> None:
         if steps:
             steps.add(metrics)
-        ray.train.report(metrics)  # [3] every rank, every logged step (a barrier)
+        if not validation.on:  # with validation Tune hears at checkpoints, objective and all
+            ray.train.report(metrics)  # [3] every rank, every logged step (a barrier)
 
     def on_checkpoint(metrics: dict) -> None:
+        metrics = validation.at_checkpoint(metrics)
         # staged in a temp dir that goes once Ray has copied it to storage (a synchronous
         # upload): kept, one stage per checkpoint would fill the worker's disk over a sweep
         with tempfile.TemporaryDirectory(prefix="tasft_ckpt_") as local:
@@ -66,6 +77,41 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local))
 
     trainer.fit(on_metrics=on_metrics, on_checkpoint=on_checkpoint, progress=rank == 0)
+
+
+class _Validation:
+    """Validation during training (``eval.every``): the ``validator`` of the loop config
+    scores the adapter at step 0, every ``eval.every`` steps and at the last step, on every rank
+    (each its shard); the ``objective`` turns its metrics into the scalar Tune ranks by. The
+    latest validation travels with every checkpoint's report, so Tune always sees an objective.
+    """
+
+    def __init__(self, loop_config: dict, trainer: TASFTTrainer, rank: int, world: int):
+        self.validator = loop_config.get("validator")
+        self.objective = loop_config.get("objective")
+        self.reference = loop_config.get("reference")
+        self.trainer, self.rank, self.world = trainer, rank, world
+        self.every = trainer.cfg.eval.every if self.validator is not None else 0
+        self.latest: dict = {}
+
+    @property
+    def on(self) -> bool:
+        return bool(self.every)
+
+    def run(self, metrics: dict) -> dict:
+        t = self.trainer
+        self.latest = self.validator(t.model, t.tokenizer, self.rank, self.world)
+        if self.objective is not None:
+            self.latest[TUNE_METRIC] = self.objective.score(self.latest, self.reference)
+        return {**metrics, **self.latest}
+
+    def at_checkpoint(self, metrics: dict) -> dict:
+        if not self.on:
+            return metrics
+        step = metrics["step"]
+        if step % self.every == 0 or step == self.trainer.total_steps:
+            return self.run(metrics)
+        return {**metrics, **self.latest}
 
 
 def _node_ids(world: int) -> list[str]:
@@ -89,10 +135,12 @@ def build_trainer(
     mlflow: dict | None = None,
     callbacks: list | None = None,
     mixture=None,
+    validation: dict | None = None,
 ):
     """A TorchTrainer for one training run of ``cfg`` (one Tune trial, or a plain fit):
     checkpoints in ``storage`` (a folder or an object store), the training mixture from Ray's
-    object store when ``mixture`` (an ObjectRef) is given."""
+    object store when ``mixture`` (an ObjectRef) is given, validation during training with
+    ``validation`` ({validator, objective, reference}: see ``_Validation``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -104,6 +152,7 @@ def build_trainer(
             "config": cfg.model_dump(mode="json"),
             "mlflow": mlflow,
             "mixture": mixture,
+            **(validation or {}),
         },
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(
