@@ -217,6 +217,7 @@ def test_toxic_count_search_bisects_to_the_smallest_count(tmp_path):
         "sweep.search=grid",
         "sweep.scheduler=none",
         "sweep.space={loss.lam: {grid: [2.0]}}",
+        "sweep.num_samples=1",
         "train.max_steps=2",
     )
     proc = subprocess.run(
