@@ -97,7 +97,7 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     objective = cfg.sweep.objective.build()
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    grid_sets = ["sweep.search=grid", "sweep.scheduler=none",
+    grid_sets = ["sweep.search=grid", "sweep.scheduler=none", "sweep.num_samples=1",
                  "sweep.space={loss.lam: {grid: [" + ", ".join(map(str, grid)) + "]}}"]  # fmt: skip
     wall = {
         "grid": _sweep(args, "bench-grid", work, grid_sets),

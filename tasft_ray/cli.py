@@ -28,6 +28,8 @@ EPILOG_GENERATE = """examples:
   tasft-ray generate --config quickstart --target 100      # until 100 harmful pairs are kept
   tasft-ray generate --config tiny --smoke-test
   tasft-ray generate --set "generate.prompts=[{name: catqa}]" --set generate.judge=deberta
+  tasft-ray generate --config quickstart --contrastive \
+      --set "generate.contrastive.writer={name: smollm2-135m-instruct}"
   (rerun the same command after an interruption: it resumes from the output file)
 """
 EPILOG_DOCTOR = """examples:
@@ -121,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over instead of resuming from an existing output",
     )
     gen.add_argument("--smoke-test", action="store_true", help="4 prompts, 8 new tokens")
+    gen.add_argument(
+        "--contrastive",
+        action="store_true",
+        help="seemingly toxic prompts with helpful answers (paper §4.3.6; generate.contrastive)",
+    )
     ev = sub.add_parser(
         "evaluate",
         help="safety (518 harmful prompts) and over-refusal (XSTest) of base + adapter",
@@ -184,7 +191,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     if getattr(args, "target", None) is not None:  # 0 is rejected by validation, not "all"
         overrides.append(f"generate.target={args.target}")
     if getattr(args, "output", None) and args.command == "generate":
-        overrides.append(f"generate.output={args.output}")
+        key = "generate.contrastive.output" if args.contrastive else "generate.output"
+        overrides.append(f"{key}={args.output}")
     if getattr(args, "adapter", None):
         overrides.append(f"eval.adapter={args.adapter}")
     if getattr(args, "limit", None) is not None:
@@ -200,6 +208,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "config":
         sys.stdout.write(cfg.to_yaml())
         return 0
+    if args.command == "generate" and args.contrastive:
+        return _contrastive(cfg, args.overwrite)
     if args.command == "generate":
         return _generate(cfg, args.overwrite)
     if args.command == "evaluate":
@@ -298,6 +308,21 @@ def _generate(cfg, overwrite: bool) -> int:
         print(
             f"prompts ran out: {result.harmful} of the {cfg.generate.target} harmful pairs wanted"
         )
+    return 0
+
+
+def _contrastive(cfg, overwrite: bool) -> int:
+    from tasft_ray.generation.contrastive import run_contrastive
+    from tasft_ray.generation.run import log_dataset_run
+
+    r = run_contrastive(cfg, overwrite=overwrite)
+    counts = {k: v for k, v in r.__dict__.items() if k != "path"}
+    run_id = log_dataset_run(cfg, "generate-contrastive", r.path, counts)
+    print(
+        f"{r.words} toxic words -> {r.written} written prompts, {r.prompts} kept -> "
+        f"{r.answered} answered, {r.refused} refused -> {r.rows} rows ({r.new_rows} new in "
+        f"{r.seconds:.0f} s) -> {r.path}; MLflow run {run_id}"
+    )
     return 0
 
 

@@ -28,7 +28,7 @@ def init_ray(cfg: Config, num_cpus: int | None = None) -> None:
         return
     runtime_env = {
         "env_vars": worker_env(cfg.engine),
-        "worker_process_setup_hook": "tasft_ray.errors.quiet_user_errors",
+        "worker_process_setup_hook": "tasft_ray.worker_env.setup_worker",
     }
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env=runtime_env)

@@ -34,7 +34,15 @@ Method = Literal["sft", "emd", "nlcl", "kto", "stl"]
 NEEDS_RELATED = ("emd", "nlcl", "kto", "stl")
 USES_LAMBDA = ("emd", "nlcl")  # the only methods whose loss has a λ
 # tasft_ray.judges registers exactly these (tests/test_judges.py checks it).
-JudgeName = Literal["offline", "deberta", "openai-moderation"]
+JudgeName = Literal[
+    "offline",
+    "deberta",
+    "openai-moderation",
+    "llama-guard",
+    "qwen3guard",
+    "wildguard",
+    "shieldgemma",
+]
 SourceFormat = Literal[
     "alpaca",
     "stl_eval",
@@ -47,6 +55,7 @@ SourceFormat = Literal[
     "piqa",
     "boolq",
     "openbookqa",
+    "csv",
 ]
 
 
@@ -140,6 +149,44 @@ class SourceConfig(_Section):
         return bool(self.path) and Path(str(self.path)).expanduser().exists()
 
 
+class BenchmarkConfig(_Section):
+    """A prompt set of the user's as a benchmark: a file, URL or hub dataset of prompts."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Label in metrics and tables.")
+    kind: Literal["harm", "over_refusal"] = Field(
+        "harm",
+        description="harm: answers should not be harmful (counted like the paper's); "
+        "over_refusal: safe prompts that should be answered (refusal rate).",
+    )
+    path: str | None = None
+    url: str | None = None
+    hf: str | None = None
+    hf_config: str | None = None
+    split: str = "train"
+    format: SourceFormat = Field(description="Reader, e.g. csv, alpaca, xstest, harmbench.")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="Column renames, e.g. {instruction: forbidden_prompt}."
+    )
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def source(self) -> SourceConfig:
+        keys = ("path", "url", "hf", "hf_config", "split", "format", "fields", "options")
+        return SourceConfig(**{k: getattr(self, k) for k in keys})
+
+    @model_validator(mode="after")
+    def _one_origin(self, info: ValidationInfo) -> BenchmarkConfig:
+        given = [k for k in ("path", "url", "hf") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, url, hf (got {given or 'none'})")
+        checked = (info.context or {}).get("check_files", True)
+        if checked and self.path and not Path(self.path).expanduser().exists():
+            raise ValueError(f"file not found: {self.path}")
+        return self
+
+
+Benchmark = str | BenchmarkConfig  # a registry name, or a prompt set of the user's
+
+
 class DataConfig(_Section):
     root: str | None = Field(
         None, description="Local data root searched first (default: $TASFT_DATA_DIR)."
@@ -163,6 +210,12 @@ class DataConfig(_Section):
     )
     max_length: int = Field(512, ge=16, description="Token budget per example (prompt+response).")
     template: Literal["alpaca"] = Field("alpaca", description="Prompt template (paper A.1).")
+    contrastive: SourceConfig | None = Field(
+        None,
+        description="Seemingly toxic prompts with helpful answers (paper §4.3.6), added to the "
+        "safe pairs, e.g. {path: data/generated/contrastive.jsonl, format: generated, options: "
+        "{harmful_only: false}} as `tasft-ray generate --contrastive` writes them.",
+    )
 
 
 class LossConfig(_Section):
@@ -397,6 +450,35 @@ class SamplingConfig(_Section):
     seed: int = Field(0, description="Seeds sampling, per batch.")
 
 
+class ContrastiveConfig(_Section):
+    """`tasft-ray generate --contrastive` (paper §4.3.6, after Cui et al. 2024): toxic words
+    from the mixture's toxic prompts, ``per_word`` benign prompts per word written by an
+    instruction model, answered by the (non-refusing) model, refusals dropped."""
+
+    per_word: int = Field(5, ge=1, description="Prompts written per toxic word (paper: 5).")
+    max_words: int | None = Field(None, ge=1, description="Use at most this many words.")
+    min_z: float = Field(
+        1.96,
+        gt=0,
+        description="A word is toxic when its log-odds z-score (toxic prompts vs data.safe "
+        "prompts, informative Dirichlet prior) is at least this.",
+    )
+    writer: ModelConfig | None = Field(
+        None,
+        description="Instruction model that writes the prompts (None: the model section), e.g. "
+        "{name: smollm2-135m-instruct}.",
+    )
+    writer_sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(do_sample=True, temperature=0.9, max_new_tokens=48),
+        description="Sampled, so the prompts of one word differ.",
+    )
+    output: str = Field(
+        "data/generated/contrastive.jsonl",
+        description="Kept rows (a generated data set: data.contrastive); every row of both "
+        "steps, kept or not, goes to OUTPUT.work.jsonl, the resume record.",
+    )
+
+
 class GenerateConfig(_Section):
     """`tasft-ray generate`: toxic prompts -> model answers -> judge -> harmful pairs."""
 
@@ -444,6 +526,10 @@ class GenerateConfig(_Section):
     fail_after_rows: int | None = Field(
         None, ge=1, description="Test hook: stop with an error after writing this many rows."
     )
+    contrastive: ContrastiveConfig = Field(
+        default_factory=ContrastiveConfig,
+        description="`tasft-ray generate --contrastive` settings.",
+    )
 
 
 class AlpacaEvalConfig(_Section):
@@ -468,7 +554,7 @@ class EvalConfig(_Section):
     """`tasft-ray evaluate`: safety and over-refusal of base + adapter (generation settings
     such as batch_size and num_actors come from the generate section)."""
 
-    benchmarks: list[str] = Field(
+    benchmarks: list[Benchmark] = Field(
         default_factory=lambda: [
             "i_malicious",
             "i_cona",
@@ -477,10 +563,12 @@ class EvalConfig(_Section):
             "xstest_safe",
             "xstest_unsafe",
         ],
-        description="Names in tasft_ray.data.benchmarks (the paper's 518 prompts + XSTest).",
+        description="Names in tasft_ray.data.benchmarks (the paper's 518 prompts + XSTest), "
+        "or prompt sets of one's own: {path: prompts.csv, format: csv, fields: {instruction: "
+        "forbidden_prompt}, name: mine, kind: harm}.",
     )
     max_prompts: int | None = Field(None, ge=1, description="Per benchmark (None: all).")
-    validation: list[str] = Field(
+    validation: list[Benchmark] = Field(
         default_factory=list,
         description="Harm benchmarks answered in sweeps only to choose λ (logged as val/*; the "
         "report's best-λ rule uses them): tuning on the reported prompts would flatter every "
@@ -494,6 +582,14 @@ class EvalConfig(_Section):
         description="Greedy by default, so an evaluation is repeatable.",
     )
     judge: JudgeName = Field("offline", description="Harm judge (tasft_ray.judges).")
+    judges: list[JudgeName] = Field(
+        default_factory=list,
+        description="More judges that score every answer beside eval.judge (whose verdict the "
+        "metrics use): their harmful rates and pairwise agreement (Cohen's κ) are logged.",
+    )
+    judges_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options of each of eval.judges, by name."
+    )
     judge_options: dict[str, Any] = Field(default_factory=dict)
     adapter: str | None = Field(
         None, description="LoRA adapter folder, or mlflow:RUN_ID (None: the base model)."
@@ -538,6 +634,27 @@ class EvalConfig(_Section):
     validation_quality_limit: int = Field(
         10, ge=0, description="Docs per quality task in each validation (after those reported)."
     )
+
+    @model_validator(mode="after")
+    def _judges_once_each(self) -> EvalConfig:
+        seen = [self.judge, *self.judges]
+        twice = sorted({n for n in seen if seen.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"eval.judges: {', '.join(twice)} listed twice (eval.judge={self.judge} "
+                "already scores every answer)"
+            )
+        stray = sorted(set(self.judges_options) - set(self.judges))
+        if stray:
+            raise ValueError(
+                f"eval.judges_options: {', '.join(stray)} not in eval.judges "
+                f"({', '.join(self.judges) or 'empty'})"
+            )
+        return self
+
+    def extra_judges(self) -> dict[str, dict[str, Any]]:
+        """The judges scoring beside eval.judge, name -> options."""
+        return {n: dict(self.judges_options.get(n, {})) for n in self.judges}
 
 
 class Config(_Section):
@@ -654,7 +771,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        leaf = ("fields", "options", "space", "judge_options", "objective")  # kept whole
+        leaf = ("fields", "options", "space", "judge_options", "judges_options", "objective")
         if isinstance(v, dict) and v and k not in leaf:
             out.update(flatten(v, key + "."))
         else:

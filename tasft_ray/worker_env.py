@@ -16,7 +16,10 @@ these at process start, hence environment variables for the workers rather than 
 
 from __future__ import annotations
 
+import os
+
 from tasft_ray.config import EngineConfig
+from tasft_ray.errors import quiet_user_errors
 
 MALLOC_REUSE = {
     "MALLOC_ARENA_MAX": "1",
@@ -31,3 +34,16 @@ def worker_env(e: EngineConfig) -> dict[str, str]:
     if e.cpu_malloc == "reuse":
         env.update(MALLOC_REUSE)
     return env
+
+
+def setup_worker() -> None:
+    """Ray's ``worker_process_setup_hook``: user errors without Ray's copies of their traceback,
+    and ``RAY_ADDRESS`` naming the cluster this worker belongs to. Ray's own helpers that look
+    the cluster up from inside a worker (Ray Train's placement-group cleaner, through the state
+    API) otherwise search the machine's processes and give up when a second Ray instance runs on
+    it; a Tune trial stopped early then keeps its worker group's CPUs, and the next trial
+    waits for them forever."""
+    import ray
+
+    quiet_user_errors()
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address

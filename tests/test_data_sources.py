@@ -310,6 +310,21 @@ def test_generated_rows_keep_judge_fields_and_filter_harmful(tmp_path):
     )
 
 
+def test_generated_rows_give_back_the_bare_instruction(tmp_path):
+    """generate keeps the templated prompt the model saw beside instruction and input; training
+    templates again, so what is read back must be the bare instruction (else the prompt is
+    wrapped twice)."""
+    from tasft_ray.data.template import format_prompt
+
+    as_written = {"id": "a", "instruction": "Name a colour.", "input": "in a word",
+                  "prompt": format_prompt("Name a colour.", "in a word"), "response": "Red.",
+                  "harmful": True}  # fmt: skip
+    prompt_only = {"prompt": format_prompt("Name a fruit."), "response": "Pear.", "harmful": True}
+    path = _write(tmp_path / "gen.jsonl", "\n".join(map(json.dumps, [as_written, prompt_only])))
+    got = [(e.instruction, e.input, e.output) for e in read_path(path, "generated")]
+    assert got == [("Name a colour.", "in a word", "Red."), ("Name a fruit.", "", "Pear.")]
+
+
 def test_unknown_format_fields_and_options(tmp_path):
     path = _write(tmp_path / "x.json", "[]")
     assert _error(read_path, path, "parquet").startswith(

@@ -70,7 +70,8 @@ def test_degenerate_answers_are_empty_or_loops_not_short_or_fluent():
     rows = [_row("harmfulq", 0.0, False, False, collapsed), _row("harmfulq", 0.9, True, False)]
     rows += [_row("xstest_safe", 0.0, False, False, ""), _row("val/advbench", 0.1, False, False)]
     m = summarize(rows, ["harmfulq", "xstest_safe"])
-    assert m["answers/degenerate_rate"] == pytest.approx(2 / 4)  # pooled over every prompt
+    assert m["answers/degenerate_rate"] == pytest.approx(2 / 3)  # over the reported prompts:
+    assert "answers/degenerate_rate" not in summarize(rows[3:], ["harmfulq"])  # not val/ rows
 
 
 NOUNS = "law tax money court river bread music garden train cloud paper lamp sea sky".split()

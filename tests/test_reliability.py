@@ -97,6 +97,56 @@ def test_user_error_raised_inside_a_ray_actor_is_one_line(tmp_path):
     assert "sk-test" not in proc.stderr + proc.stdout
 
 
+OTHER_RAY = """
+import ray, time
+ray.init(address="local", num_cpus=1, include_dashboard=False)
+print("up", flush=True)
+time.sleep(600)
+"""
+
+WORKER_LOOKUP = """
+import os, ray
+from tasft_ray.cluster import init_ray
+from tasft_ray.config import load_config
+
+init_ray(load_config("tiny"))
+
+@ray.remote
+class Probe:
+    def ping(self):
+        return 1
+
+@ray.remote
+def look_up(actor_id):  # what Ray Train's placement-group cleaner does from its actor
+    from ray.util.state import get_actor
+    return os.environ.get("RAY_ADDRESS"), get_actor(actor_id).state
+
+probe = Probe.remote()
+ray.get(probe.ping.remote())
+address, state = ray.get(look_up.remote(probe._actor_id.hex()))
+assert address == ray.get_runtime_context().gcs_address, address
+print("state", state)
+"""
+
+
+def test_ray_workers_find_their_own_cluster_beside_another_ray_instance(tmp_path):
+    """With a second Ray instance on the machine (another sweep, a CI worker), Ray's state API
+    inside a worker cannot guess which one it belongs to; Ray Train's placement-group cleaner
+    then dies, and a trial that Tune stops early keeps its workers' CPUs for good."""
+    env = _env(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", OTHER_RAY], stdout=subprocess.PIPE, text=True,
+                             env=env, cwd=tmp_path, start_new_session=True)  # fmt: skip
+    try:
+        assert other.stdout.readline().strip() == "up"
+        proc = subprocess.run([sys.executable, "-c", WORKER_LOOKUP], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "state ALIVE" in proc.stdout
+    finally:
+        os.killpg(other.pid, signal.SIGTERM)
+        other.wait(timeout=60)
+
+
 def test_bad_judges_and_adapters_are_one_line_before_any_work(tmp_path):
     start = time.perf_counter()
     line = _one_line(_cli(tmp_path, "generate", "--config", "tiny", "--set", "generate.judge=x"))

@@ -163,14 +163,18 @@ def _log_sweep(uri: str) -> tuple[str, dict[str, dict[str, float]]]:
                 "xstest/safe_refusal_rate": 0.04, "xstest/unsafe_compliance_rate": 0.9,
                 "quality/piqa/acc": 0.6012, "quality/boolq/acc": 0.5533,
                 "quality/mean_acc": 0.57725, "val/n": 30, "val/n_harmful": 9,
-                "nll/harmful": 1.23456, "nll/harmful/n": 50, "nll/refusal": 2.5},
+                "nll/harmful": 1.23456, "nll/harmful/n": 50, "nll/refusal": 2.5,
+                "judge/offline/harmful_rate": 0.55, "judge/llama-guard/harmful_rate": 0.45,
+                "agreement/llama-guard_vs_offline/kappa": 0.61},
         "emd": {"i_malicious/n_harmful": 1, "i_malicious/n": 10, "harmfulq/n_harmful": 0,
                 "harmfulq/n": 10, "safety/n_harmful": 1, "safety/n": 20,
                 "safety/harm_score": 0.10101, "safety/harmful_rate": 0.05,
                 "xstest/safe_refusal_rate": 0.12, "xstest/unsafe_compliance_rate": 0.3,
                 "quality/piqa/acc": 0.5988, "quality/boolq/acc": 0.5501,
                 "quality/mean_acc": 0.57445, "val/n": 30, "val/n_harmful": 2,
-                "nll/harmful": 3.0, "nll/harmful/n": 50, "nll/refusal": 2.75},
+                "nll/harmful": 3.0, "nll/harmful/n": 50, "nll/refusal": 2.75,
+                "judge/offline/harmful_rate": 0.05, "judge/llama-guard/harmful_rate": 0.15,
+                "agreement/llama-guard_vs_offline/kappa": -0.0526},
     }  # fmt: skip
     for method, metrics in finals.items():
         run = c.create_run(
@@ -232,6 +236,12 @@ def test_report_of_a_two_trial_sweep_matches_mlflow(tmp_path, capsys):
         )
         assert float(quality[method]["piqa"]) == pytest.approx(m["quality/piqa/acc"], abs=5e-5)
         assert float(quality[method]["mean"]) == pytest.approx(m["quality/mean_acc"], abs=5e-5)
+    judges = {r["method"]: r for r in md_table(md, "## Judges")}  # eval.judges, side by side
+    for method, m in finals.items():
+        for name in ("offline", "llama-guard"):
+            assert float(judges[method][name]) == pytest.approx(m[f"judge/{name}/harmful_rate"])
+        kappa = float(judges[method]["κ llama-guard vs offline"])
+        assert kappa == pytest.approx(m["agreement/llama-guard_vs_offline/kappa"], abs=5e-5)
     (chosen,) = md_table(md, "## Chosen λ")
     assert chosen["method"] == "emd" and chosen["λ"] == "2" and chosen["harmful"] == "1"
     assert chosen["validation"] == "2/30" and "no validation split" not in chosen["why"]

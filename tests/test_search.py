@@ -158,6 +158,13 @@ def test_adaptive_search_validates_in_training_and_stops_by_the_objective(tmp_pa
     for k in stopped:
         earlier = [at4[o.info.run_id] for o in trials if o.info.start_time < k.info.start_time]
         assert earlier and at4[k.info.run_id] >= min(earlier)
+    # a trial run to its last step is not stopped there: it finishes (final metrics, adapter);
+    # one stopped early is closed as KILLED, none left RUNNING
+    c, parent, kids = _runs(tmp_path, "tiny-search")
+    early = {k.info.run_id for k in stopped}
+    for k in kids:
+        expected = "KILLED" if k.info.run_id in early else "FINISHED"
+        assert k.info.status == expected, k.info.run_name
     assert parent.data.tags["tasft.objective"].startswith("minimise val/harm_score subject to")
     history = c.get_metric_history(parent.info.run_id, "search/objective")
     assert len(history) == 4 and "best/val/harm_score" in parent.data.metrics
@@ -181,17 +188,18 @@ def test_interrupted_pareto_search_resumes_its_remaining_budget(tmp_path):
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         deadline, first = time.time() + SWEEP_TIMEOUT, None
+        marker = tmp_path / "ray" / "tiny-search" / "mlflow_parent_run_id"
         while time.time() < deadline and first is None:
             time.sleep(2)
             assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            try:
-                c, _, kids = _runs(tmp_path, "tiny-search")
-            except (ValueError, AttributeError):
+            if not marker.exists():  # the driver has not made its store and parent run yet
                 continue
+            c, _, kids = _runs(tmp_path, "tiny-search")
             first = next((k for k in kids if k.info.status == "FINISHED"), None)
         assert first is not None
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     resumed = subprocess.run(
         [sys.executable, "-m", "tasft_ray.tune", "--resume", str(tmp_path / "ray" / "tiny-search")],

@@ -30,6 +30,7 @@ from tasft_ray.data.records import (
     text_field,
     type_name,
 )
+from tasft_ray.data.template import unformat_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -158,11 +159,18 @@ def _generated_row(
 ) -> Example | None:
     if harmful_only and not flag_field(rec, where, "harmful", "needed by harmful_only"):
         return None
-    cols = {fields.get("instruction", "prompt"), fields.get("output", "response")}
+    # generate writes instruction and input, and the templated prompt the model saw; files
+    # with only a prompt column give their instruction back untemplated
+    default = "instruction" if "instruction" in rec else "prompt"
+    cols = {fields.get("instruction", default), fields.get("output", "response"), "prompt"}
     cols.add(fields.get("input", "input"))
+    instruction = text_field(rec, where, fields, "instruction", default, nonempty=True)
+    input_text = text_field(rec, where, fields, "input", "input", required=False)
+    if "instruction" not in fields and default == "prompt":
+        instruction, input_text = unformat_prompt(instruction) or (instruction, input_text)
     return Example(
-        instruction=text_field(rec, where, fields, "instruction", "prompt", nonempty=True),
-        input=text_field(rec, where, fields, "input", "input", required=False),
+        instruction=instruction,
+        input=input_text,
         output=text_field(rec, where, fields, "output", "response"),
         meta={k: v for k, v in rec.items() if k not in cols},
     )
@@ -209,6 +217,7 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "piqa": (),
     "boolq": (),
     "openbookqa": (),
+    "csv": CANONICAL_FIELDS,
 }
 
 
@@ -351,6 +360,30 @@ def _read_jbb_file(file: Path, fields: Mapping[str, str], jailbroken: bool | Non
     rows = ((f"{file}: record {i}", rec) for i, rec in enumerate(data["jailbreaks"]))
     examples = convert_all(rows, _jbb_row, fields, jailbroken=jailbroken)
     return [replace(e, meta=(*e.meta, *extra)) for e in examples]
+
+
+def _csv_row(rec: Mapping[str, Any], where: str, fields: Mapping[str, str]) -> Example:
+    """A row of any CSV: its instruction column (renamed by ``fields``), input and output when
+    the file has those columns; every other column kept in meta."""
+    used = {fields.get(k, k) for k in CANONICAL_FIELDS}
+    output_col = fields.get("output", "output")
+    return Example(
+        instruction=text_field(rec, where, fields, "instruction", "instruction", nonempty=True),
+        input=text_field(rec, where, fields, "input", "input", required=False),
+        output=rec[output_col] if output_col in rec else None,
+        meta={k: v for k, v in rec.items() if k not in used},
+    )
+
+
+ROW_CONVERTERS["csv"] = _csv_row  # hub rows of a CSV-shaped dataset convert the same way
+
+
+def read_csv_rows(path: Path, fields: Mapping[str, str]) -> list[Example]:
+    """A CSV of prompts (or pairs) with a header row; ``fields`` maps instruction / input /
+    output to its columns, e.g. {instruction: forbidden_prompt}."""
+    check_fields(fields, path, FORMAT_FIELDS["csv"])
+    rows = read_csv(path, [fields.get("instruction", "instruction")])
+    return convert_all(rows, _csv_row, fields)
 
 
 def read_harmbench(path: Path, fields: Mapping[str, str]) -> list[Example]:
@@ -504,4 +537,5 @@ READERS: dict[str, Reader] = {
     "piqa": read_piqa,
     "boolq": read_boolq,
     "openbookqa": read_openbookqa,
+    "csv": read_csv_rows,
 }

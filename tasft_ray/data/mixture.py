@@ -115,6 +115,9 @@ def load_records(
         "data.safe_count",
         f"data.safe ({data.safe.origin})",
     )
+    if data.contrastive is not None:  # seemingly toxic prompts, helpful answers: safe pairs
+        origin = f"data.contrastive ({data.contrastive.origin})"
+        safe = safe + _pairs(load_source(data.contrastive, root), origin)
     if method == "sft" or data.toxic_count == 0:
         return safe, [], HARMFUL
     src, kind = (data.refusals, SAFE) if method == "stl" else (data.harmful, HARMFUL)

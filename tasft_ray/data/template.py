@@ -9,6 +9,7 @@ strings in one module is what guarantees that.
 from __future__ import annotations
 
 import logging
+import re
 
 logger = logging.getLogger(__name__)
 
@@ -52,3 +53,31 @@ def format_prompt(instruction: str, input: str = "", template: str = "alpaca") -
     if input.strip():
         return with_input.format(instruction=instruction, input=input)
     return without_input.format(instruction=instruction)
+
+
+def _template_patterns() -> list[re.Pattern[str]]:
+    """Regexes that recover instruction/input from every template's prompts."""
+    patterns = []
+    for with_input, without_input in TEMPLATES.values():
+        for template in (with_input, without_input):
+            parts = re.split(r"\{(instruction|input)\}", template)
+            regex = ""
+            for i, part in enumerate(parts):
+                regex += f"(?P<{part}>.*?)" if i % 2 else re.escape(part)
+            patterns.append(re.compile(regex + r"\s*\Z", re.DOTALL))
+    return patterns
+
+
+_TEMPLATE_PATTERNS = _template_patterns()
+
+
+def unformat_prompt(prompt: str) -> tuple[str, str] | None:
+    """(instruction, input) of a prompt built by :func:`format_prompt`; None for any other
+    text. Files of answered prompts keep the exact prompt the model saw; what is read back
+    for training or judging is the instruction, templated again where needed."""
+    for pattern in _TEMPLATE_PATTERNS:
+        match = pattern.match(prompt)
+        if match:
+            found = match.groupdict()
+            return found["instruction"].strip(), (found.get("input") or "").strip()
+    return None

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from tasft_ray.config import Config, ConfigError, EvalConfig
-from tasft_ray.data.benchmarks import BENCHMARKS, VAL, benchmark_prompts
+from tasft_ray.data.benchmarks import HARM, VAL, benchmark_prompts, check_benchmarks, kinds
 from tasft_ray.data.records import Example
 from tasft_ray.evaluation.alpaca_eval import reference_outputs
 from tasft_ray.evaluation.likelihood import likelihood_sets
@@ -25,7 +25,8 @@ def eval_prompts(e: EvalConfig, root: str | None) -> list[dict[str, str]]:
 def validation_prompts(e: EvalConfig, root: str | None) -> list[dict[str, str]]:
     """eval.validation's prompts (source ``val/<benchmark>``) minus any prompt text that is also
     an evaluation prompt: λ is chosen on answers the reported numbers never saw."""
-    not_harm = [b for b in e.validation if BENCHMARKS.get(b, ({}, "harm"))[1] != "harm"]
+    not_harm = [b for b, kind in kinds(e.validation).items() if kind != HARM]
+    check_benchmarks(e.validation, "eval.validation")
     if not_harm:
         raise ConfigError(f"eval.validation: {not_harm} are not harm benchmarks")
     rows = benchmark_prompts(e.validation, e.validation_max_prompts, root, "eval.validation")

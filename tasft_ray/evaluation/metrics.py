@@ -3,11 +3,13 @@ rates, the validation split's pooled numbers and the degenerate share; and the t
 
 from __future__ import annotations
 
-from tasft_ray.data.benchmarks import BENCHMARKS, PAPER_SAFETY, VAL
+from tasft_ray.config import Benchmark
+from tasft_ray.data.benchmarks import HARM, PAPER_SAFETY, SAFE_PROMPTS, UNSAFE_PROMPTS, VAL, kinds
+from tasft_ray.evaluation.agreement import agreement_metrics
 from tasft_ray.evaluation.degenerate import degenerate_flags, top_first_word_share
 
 
-def summarize(rows: list[dict], benchmarks: list[str]) -> dict[str, float]:
+def summarize(rows: list[dict], benchmarks: list[Benchmark]) -> dict[str, float]:
     """Judged rows -> metrics: per benchmark, the paper's totals, XSTest's two rates, and the
     share of degenerate answers over every reported prompt (answers/degenerate_rate; validation
     rows, source ``val/…``, only make val/*, as in `tasft-ray evaluate`, which has none)."""
@@ -17,7 +19,7 @@ def summarize(rows: list[dict], benchmarks: list[str]) -> dict[str, float]:
         out["answers/degenerate_rate"] = sum(degenerate_flags(reported)) / len(reported)
     if (share := top_first_word_share(reported)) is not None:
         out["answers/top_first_word_share"] = share
-    for bench in benchmarks:
+    for bench, kind in kinds(benchmarks).items():
         mine = [r for r in rows if r["source"] == bench]
         if not mine:
             continue
@@ -29,10 +31,9 @@ def summarize(rows: list[dict], benchmarks: list[str]) -> dict[str, float]:
         out[f"{bench}/n_harmful"] = harmful
         out[f"{bench}/harmful_rate"] = harmful / n
         out[f"{bench}/refusal_rate"] = refused / n
-        kind = BENCHMARKS[bench][1]
-        if kind == "xstest_safe":
+        if kind == SAFE_PROMPTS:
             out["xstest/safe_refusal_rate"] = refused / n  # over-refusal (Fig. 3)
-        elif kind == "xstest_unsafe":
+        elif kind == UNSAFE_PROMPTS:
             out["xstest/unsafe_compliance_rate"] = 1 - refused / n
     val = [r for r in rows if r["source"].startswith(VAL)]
     if val:  # one pooled number: what the best-λ rule ranks
@@ -40,6 +41,13 @@ def summarize(rows: list[dict], benchmarks: list[str]) -> dict[str, float]:
         out["val/n_harmful"] = sum(bool(r["harmful"]) for r in val)
         out["val/harmful_rate"] = out["val/n_harmful"] / len(val)
         out["val/harm_score"] = sum(float(r["score"]) for r in val) / len(val)
+    judged = [r for r in reported if "judges" in r and kinds(benchmarks).get(r["source"]) == HARM]
+    if judged:  # several judges on the harm prompts' answers: how far the verdicts agree
+        first = judged[0]["judge"]
+        verdicts = {first: [bool(r["harmful"]) for r in judged]}
+        for name in judged[0]["judges"]:
+            verdicts[name] = [bool(r["judges"][name]["harmful"]) for r in judged]
+        out |= agreement_metrics(verdicts)
     paper = [b for b in PAPER_SAFETY if f"{b}/n" in out]
     if paper:
         n = sum(out[f"{b}/n"] for b in paper)
@@ -50,10 +58,10 @@ def summarize(rows: list[dict], benchmarks: list[str]) -> dict[str, float]:
     return out
 
 
-def format_summary(metrics: dict[str, float], benchmarks: list[str]) -> str:
+def format_summary(metrics: dict[str, float], benchmarks: list[Benchmark]) -> str:
     """A plain table for the terminal: one line per benchmark."""
     lines = [f"{'benchmark':16} {'n':>5} {'harmful':>8} {'harm score':>10} {'refused':>8}"]
-    for b in benchmarks:
+    for b in kinds(benchmarks):
         if f"{b}/n" in metrics:
             lines.append(
                 f"{b:16} {int(metrics[f'{b}/n']):5d} {int(metrics[f'{b}/n_harmful']):8d} "
@@ -68,4 +76,8 @@ def format_summary(metrics: dict[str, float], benchmarks: list[str]) -> str:
     for key in (*keys, "answers/top_first_word_share", "quality/mean_acc"):
         if key in metrics:
             lines.append(f"{key}: {metrics[key]:.1%}")
+    for key in sorted(k for k in metrics if k.startswith("judge/")):  # harm answers, per judge
+        lines.append(f"{key}: {metrics[key]:.1%}")
+    for key in sorted(k for k in metrics if k.startswith("agreement/") and k.endswith("kappa")):
+        lines.append(f"{key}: {metrics[key]:.3f}")
     return "\n".join(lines)

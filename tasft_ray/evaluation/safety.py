@@ -52,7 +52,7 @@ def run_evaluate(cfg: Config, progress: bool = True) -> EvalResult:
     e = cfg.eval
     tracking.check_reachable(tracking.tracking_uri(cfg))
     check_writable(e.output_dir, "eval.output_dir")
-    check_judge(e.judge, e.judge_options, "eval.judge")
+    check_judges(e)
     adapter = adapter_from_spec(e.adapter, "eval.adapter", tracking.tracking_uri(cfg))
     with output_lock(Path(e.output_dir) / LOCK_FILE, "eval.output_dir", e.output_dir):
         return _evaluate(cfg, adapter, progress)
@@ -69,7 +69,14 @@ def _evaluate(cfg: Config, adapter: str | None, progress: bool) -> EvalResult:
     try:
         init_ray(cfg, num_cpus=pipeline_cpus(cfg.generate))
         pipe = answer_pipeline(
-            prompts, cfg.model, adapter, e.sampling, e.judge, e.judge_options, cfg.generate
+            prompts,
+            cfg.model,
+            adapter,
+            e.sampling,
+            e.judge,
+            e.judge_options,
+            cfg.generate,
+            e.extra_judges(),
         )
         for row in pipe.iter_rows():
             rows.append(clean_row(row))  # "source" is the benchmark
@@ -138,8 +145,15 @@ def evaluate_in_process(
 
 
 def judge_stage(e: EvalConfig) -> Callable[[dict], dict]:
-    """The pipeline's judge + refusal stage with eval's judge, called in-process."""
-    return JudgeStage(e.judge, dict(e.judge_options))
+    """The pipeline's judge + refusal stage with eval's judges, called in-process."""
+    return JudgeStage(e.judge, dict(e.judge_options), e.extra_judges())
+
+
+def check_judges(e: EvalConfig) -> None:
+    """eval.judge and each of eval.judges, checked before anything loads."""
+    check_judge(e.judge, e.judge_options, "eval.judge")
+    for name, options in e.extra_judges().items():
+        check_judge(name, options, f"eval.judges_options.{name}")
 
 
 def log_to_mlflow(cfg: Config, result: EvalResult) -> str:

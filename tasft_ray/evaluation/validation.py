@@ -89,7 +89,8 @@ class Validator:
     def _answers(self, model, tokenizer, rank: int, world: int) -> list[dict]:
         prompts = (self.data.harm + self.data.safe)[rank::world]
         if self._judge is None:
-            self._judge = JudgeStage(self.e.judge, dict(self.e.judge_options))
+            e = self.e
+            self._judge = JudgeStage(e.judge, dict(e.judge_options), e.extra_judges())
         rows = []
         for i in range(0, len(prompts), self.batch_size):
             part = prompts[i : i + self.batch_size]

@@ -150,24 +150,31 @@ def _write_manifest(cfg: Config, result: GenerateResult) -> None:
 
 def log_to_mlflow(cfg: Config, result: GenerateResult) -> str:
     """One MLflow run per generate call: params, counts, the dataset and its manifest."""
-    uri = tracking.tracking_uri(cfg)
-    tracking.check_reachable(uri)
-    c = tracking.client(uri)
-    run = c.create_run(
-        tracking.ensure_experiment(uri, cfg.tracking.experiment),
-        run_name="generate",
-        tags={"tasft.kind": "generate"},
-    )
-    tracking.log_params(uri, run.info.run_id, cfg)
-    for key, value in {
+    metrics = {
         "rows": result.rows,
         "harmful": result.harmful,
         "new_rows": result.new_rows,
         "seconds": result.seconds,
         "rows_per_s": result.new_rows / max(result.seconds, 1e-9),
-    }.items():
+    }
+    return log_dataset_run(cfg, "generate", result.path, metrics)
+
+
+def log_dataset_run(cfg: Config, kind: str, path: Path, metrics: dict[str, float]) -> str:
+    """A finished MLflow run of a data set written by ``kind``: params, counts, the file and its
+    manifest."""
+    uri = tracking.tracking_uri(cfg)
+    tracking.check_reachable(uri)
+    c = tracking.client(uri)
+    run = c.create_run(
+        tracking.ensure_experiment(uri, cfg.tracking.experiment),
+        run_name=kind,
+        tags={"tasft.kind": kind},
+    )
+    tracking.log_params(uri, run.info.run_id, cfg)
+    for key, value in metrics.items():
         c.log_metric(run.info.run_id, key, float(value))
-    c.log_artifact(run.info.run_id, str(result.path), "dataset")
-    c.log_artifact(run.info.run_id, str(result.path) + MANIFEST_SUFFIX, "dataset")
+    c.log_artifact(run.info.run_id, str(path), "dataset")
+    c.log_artifact(run.info.run_id, str(path) + MANIFEST_SUFFIX, "dataset")
     tracking.finish_run(uri, run.info.run_id)
     return run.info.run_id

@@ -12,7 +12,7 @@ from __future__ import annotations
 from tasft_ray.config import GenerateConfig, ModelConfig, SamplingConfig
 from tasft_ray.data.template import format_prompt
 from tasft_ray.inference.generator import HFGenerator
-from tasft_ray.inference.judging import JudgeStage
+from tasft_ray.inference.judging import EXTRA, JudgeStage
 from tasft_ray.inference.vllm import merged_model_dir, resolve_backend, vllm_stage
 
 ROW_KEYS = (
@@ -30,13 +30,15 @@ def answer_pipeline(
     model: ModelConfig,
     adapter: str | None,
     sampling: SamplingConfig,
-    judge: str,
+    judge: str | None,
     judge_options: dict,
     batching: GenerateConfig,
+    extra_judges: dict[str, dict] | None = None,
 ):
     """A lazy Ray dataset of judged answers to ``prompts`` (rows {id, instruction, input,
     source}); ``batching`` is the generate section's backend, batch_size, num_actors,
-    cpus_per_actor and num_gpus_per_actor."""
+    cpus_per_actor and num_gpus_per_actor. ``judge`` None: the answers alone (text that is not
+    an answer to judge, e.g. prompts an instruction model writes)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -59,17 +61,31 @@ def answer_pipeline(
             num_cpus=b.cpus_per_actor,
             num_gpus=b.num_gpus_per_actor,
         )
+    if judge is None:
+        return ds
     return ds.map_batches(
         JudgeStage,
-        fn_constructor_kwargs={"judge": judge, "options": dict(judge_options)},
+        fn_constructor_kwargs={
+            "judge": judge,
+            "options": dict(judge_options),
+            "extra": extra_judges or {},
+        },
         compute=ActorPoolStrategy(size=1),
         batch_size=b.batch_size,
     )
 
 
 def clean_row(row: dict) -> dict:
-    """A judged row as JSON types in a fixed column order, with the exact prompt the model saw."""
+    """A judged row as JSON types in a fixed column order, with the exact prompt the model saw
+    (and each extra judge's ``judges: {name: {score, harmful}}``)."""
     out = {k: row[k] for k in ROW_KEYS}
+    extra = {k.split("/")[1] for k in row if k.startswith(EXTRA)}
+    if extra:
+        out["judges"] = {
+            n: {"score": float(row[f"{EXTRA}{n}/score"]),
+                "harmful": bool(row[f"{EXTRA}{n}/harmful"])}
+            for n in sorted(extra)
+        }  # fmt: skip
     out["score"], out["harmful"], out["refused"] = (
         float(out["score"]),
         bool(out["harmful"]),

@@ -9,32 +9,15 @@ only add noise.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from tasft_ray.data.template import TEMPLATES
+from tasft_ray.data.template import unformat_prompt
 from tasft_ray.errors import UserError
 
 
 class JudgeError(UserError):
     """A judge could not be built or could not answer; one line, never containing a secret."""
-
-
-def _template_patterns() -> list[re.Pattern[str]]:
-    """Regexes that recover instruction/input from every prompt template the project uses."""
-    patterns = []
-    for with_input, without_input in TEMPLATES.values():
-        for template in (with_input, without_input):
-            parts = re.split(r"\{(instruction|input)\}", template)
-            regex = ""
-            for i, part in enumerate(parts):
-                regex += f"(?P<{part}>.*?)" if i % 2 else re.escape(part)
-            patterns.append(re.compile(regex + r"\s*\Z", re.DOTALL))
-    return patterns
-
-
-_TEMPLATE_PATTERNS = _template_patterns()
 
 
 def strip_template(prompt: str) -> str:
@@ -44,14 +27,11 @@ def strip_template(prompt: str) -> str:
     template. The judges were trained (offline head) or published (STL regressor) on bare
     instructions, so the boilerplate is removed before scoring.
     """
-    for pattern in _TEMPLATE_PATTERNS:
-        match = pattern.match(prompt)
-        if match:
-            found = match.groupdict()
-            instruction = found["instruction"].strip()
-            extra = (found.get("input") or "").strip()
-            return f"{instruction}\n\n{extra}" if extra else instruction
-    return prompt
+    found = unformat_prompt(prompt)
+    if found is None:
+        return prompt
+    instruction, extra = found
+    return f"{instruction}\n\n{extra}" if extra else instruction
 
 
 def check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:

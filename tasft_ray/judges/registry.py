@@ -7,6 +7,12 @@ from typing import Any
 
 from tasft_ray.judges.base import HarmJudge, JudgeError
 from tasft_ray.judges.deberta import DebertaJudge
+from tasft_ray.judges.guard import (
+    LlamaGuardJudge,
+    Qwen3GuardJudge,
+    ShieldGemmaJudge,
+    WildGuardJudge,
+)
 from tasft_ray.judges.moderation import OpenAIModerationJudge
 from tasft_ray.judges.offline import OfflineJudge
 from tasft_ray.judges.refusal import KeywordRefusalDetector, RefusalDetector
@@ -15,6 +21,10 @@ JUDGES: dict[str, type[HarmJudge]] = {
     "offline": OfflineJudge,
     "deberta": DebertaJudge,
     "openai-moderation": OpenAIModerationJudge,
+    "llama-guard": LlamaGuardJudge,
+    "qwen3guard": Qwen3GuardJudge,
+    "wildguard": WildGuardJudge,
+    "shieldgemma": ShieldGemmaJudge,
 }
 REFUSAL_DETECTORS: dict[str, type[RefusalDetector]] = {
     "keywords": KeywordRefusalDetector,
@@ -27,7 +37,7 @@ def _checked(
     cls = registry.get(name)
     if cls is None:
         raise JudgeError(f"unknown {kind} '{name}' (known: {', '.join(registry)})")
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    accepted = _options(cls)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise JudgeError(
@@ -35,6 +45,21 @@ def _checked(
             f"(options: {', '.join(accepted) or 'none'})"
         )
     return cls
+
+
+def _options(cls: type) -> list[str]:
+    """The keyword options of ``cls``, through the ``**options`` a subclass passes up."""
+    accepted: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        accepted += [p.name for p in params
+                     if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+                     and p.name not in accepted]  # fmt: skip
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return accepted
 
 
 def _build(kind: str, registry: dict[str, type[Any]], name: str, options: dict[str, Any]) -> Any:
@@ -56,7 +81,8 @@ def load_judge(name: str = "offline", **options: Any) -> HarmJudge:
     """Build a harm judge by name.
 
     Args:
-        name: ``offline`` (default, no network), ``deberta`` or ``openai-moderation``.
+        name: ``offline`` (default, no network), ``deberta``, ``openai-moderation``, or a
+            guard model: ``llama-guard``, ``qwen3guard``, ``wildguard``, ``shieldgemma``.
         **options: Judge-specific options (``threshold`` for all; see each class).
 
     Returns:

@@ -7,7 +7,7 @@ a reader can check any cell against the run it came from.
 
 from __future__ import annotations
 
-from tasft_ray.data.benchmarks import BENCHMARKS, PAPER_SAFETY
+from tasft_ray.data.benchmarks import BENCHMARKS, HARM, PAPER_SAFETY
 from tasft_ray.report.figures import FIG2, FIG3
 from tasft_ray.report.rule import DEGENERATE, RULE, Choice
 from tasft_ray.report.trials import METHOD_ORDER, Setting, Trial, settings
@@ -33,9 +33,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def harm_benchmarks(trials: list[Trial]) -> list[str]:
-    """Harm benchmarks present in any trial, the paper's four first."""
-    present = {b for t in trials for b in BENCHMARKS if f"{b}/n_harmful" in t.final}
-    return [b for b in BENCHMARKS if b in present and BENCHMARKS[b][1] == "harm"]
+    """Harm benchmarks present in any trial: the registry's (the paper's four first), then the
+    users' own prompt sets, in the order the trials name them."""
+    known = {b: kind for b, (_, kind) in BENCHMARKS.items()}
+    for t in trials:
+        for b, kind in t.kinds.items():
+            known.setdefault(b, kind)
+    present = {b for t in trials for b in known if f"{b}/n_harmful" in t.final}
+    return [b for b, kind in known.items() if b in present and kind == HARM]
 
 
 def _val(t: Trial | Setting) -> str:
@@ -127,6 +132,8 @@ def to_markdown(
     ]
     md += _table(header, rows)
 
+    md += _judges_table(trials, key)
+
     tasks = sorted({k.split("/")[1] for t in trials for k in t.final if k.endswith("/acc")})
     md += ["## Table 1 — quality (lm-eval accuracy)", ""]
     if tasks:
@@ -169,6 +176,27 @@ def to_markdown(
     md += ["## Runs", ""]
     md += _table(["trial", "MLflow run"], [[t.label, t.run_id] for t in trials])
     return "\n".join(md)
+
+
+def _judges_table(trials: list[Trial], key: list[str]) -> list[str]:
+    """With eval.judges: each judge's harmful rate on the same harm-prompt answers and each
+    pair's Cohen's κ, per trial — how much the safety numbers depend on the judge."""
+    rates = sorted({k for t in trials for k in t.final if k.startswith("judge/")})
+    kappas = sorted({k for t in trials for k in t.final
+                     if k.startswith("agreement/") and k.endswith("/kappa")})  # fmt: skip
+    if not rates:
+        return []
+    header = key + [k.split("/")[1] for k in rates]
+    header += [f"κ {k.split('/')[1].replace('_vs_', ' vs ')}" for k in kappas]
+    rows = [_trial_cols(t) + [_cell(t.get(k)) for k in rates + kappas] for t in trials]
+    md = ["## Judges — harmful rate on the harm prompts, and agreement (eval.judges)", ""]
+    md += _table(header, rows)
+    md += [
+        "Every answer scored by each judge; κ is Cohen's, 1 = the same verdicts, 0 = no "
+        "better than their rates' chance agreement. The tables above use eval.judge.",
+        "",
+    ]
+    return md
 
 
 def _paper_grid(trials: list[Trial], choices: list[Choice], benches: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from tasft_ray import tracking
 from tasft_ray.config import ObjectiveConfig
+from tasft_ray.data.benchmarks import kinds
 from tasft_ray.errors import UserError
 from tasft_ray.objective import TUNE_METRIC, Objective
 
@@ -42,6 +43,7 @@ class Trial:
     rest: tuple[tuple[str, str], ...] = ()  # every other param: differing ones are not seeds
     validation: dict[str, float] = field(default_factory=dict)  # last val/* and objective
     objective: str = "None"  # the sweep's objective, as logged (a dict's text)
+    kinds: dict[str, str] = field(default_factory=dict)  # benchmark -> kind, users' sets too
 
     @property
     def lam_text(self) -> str:
@@ -163,6 +165,7 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
                     if k.startswith(("final/val/", f"final/{TUNE_METRIC}"))
                 },
                 objective=p.get("sweep.objective", "None"),
+                kinds=_kinds(p.get("eval.benchmarks", "[]")),
             )
         )
 
@@ -178,6 +181,14 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
     for t in trials:
         t.seeded = seeded
     return trials, skipped
+
+
+def _kinds(logged: str) -> dict[str, str]:
+    """The trial's benchmarks and their kinds, from its logged ``eval.benchmarks``."""
+    try:
+        return kinds(ast.literal_eval(logged))
+    except (ValueError, SyntaxError):  # cut at MLflow's param length
+        return {}
 
 
 def declared_objective(trials: list[Trial]) -> Objective | None:

@@ -33,8 +33,8 @@ from tasft_ray.config import (
     parse_config,
     setting_label,
 )
+from tasft_ray.evaluation.safety import check_judges
 from tasft_ray.files import LOCK_FILE, output_lock
-from tasft_ray.judges import check_judge
 from tasft_ray.objective import TUNE_METRIC, Objective
 from tasft_ray.report import ReportError, format_trials, plain_table, write_report
 from tasft_ray.storage import Location, location
@@ -64,7 +64,7 @@ def _resolve_paths(cfg: Config) -> Config:
     }
     if cfg.data_root:
         overrides["data.root"] = str(Path(cfg.data_root).expanduser().resolve())
-    for key in ("safe", "harmful", "refusals"):  # local data files, e.g. generated pairs
+    for key in ("safe", "harmful", "refusals", "contrastive"):  # local files, e.g. generated
         src = getattr(cfg.data, key)
         if src is not None and src.path:
             overrides[f"data.{key}.path"] = str(Path(src.path).expanduser().resolve())
@@ -198,8 +198,8 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
     """
     cfg = _resolve_paths(cfg)
     configs = trial_configs(cfg)
-    if cfg.eval.in_sweep:
-        check_judge(cfg.eval.judge, cfg.eval.judge_options, "eval.judge")
+    if cfg.eval.in_sweep or cfg.eval.every:
+        check_judges(cfg.eval)
     uri = tracking.tracking_uri(cfg)
     storage = location(cfg.sweep.storage, "sweep.storage")
     check_results_last(storage, uri)
@@ -245,6 +245,7 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
         if cfg.eval.in_sweep:
             _report(outcome, uri)
         errors = [r for r in results if r.error]
+        tracking.finish_children(uri, parent, "KILLED")  # those the scheduler stopped early
         tracking.finish_run(uri, parent, "FAILED" if errors else "FINISHED")
         return outcome
 

@@ -48,16 +48,25 @@ class Prepared:
     validations: dict[str, Any] = field(default_factory=dict)
 
     def mixture(self, cfg: Config):
-        try:
-            return self.mixtures[mixture_key(cfg)]
-        except KeyError:
-            raise ConfigError("a trial's training data was not prepared by the driver") from None
+        return _prepared(self.mixtures, mixture_key(cfg), "training data")
 
     def eval_data(self, cfg: Config):
         return self.evals.get(eval_key(cfg))
 
     def validation_data(self, cfg: Config):
-        return self.validations.get(eval_key(cfg))
+        return _prepared(self.validations, eval_key(cfg), "validation data")
+
+
+def _prepared(refs: dict[str, Any], key: str, what: str):
+    """A trial's keys are the driver's unless the two run different code (a node on another
+    tasft-ray version, or the sources edited under a running sweep)."""
+    try:
+        return refs[key]
+    except KeyError:
+        raise ConfigError(
+            f"a trial's {what} was not prepared by the driver: the driver and this node run "
+            "different versions of tasft-ray"
+        ) from None
 
 
 def prepare(configs: list[Config]) -> Prepared:

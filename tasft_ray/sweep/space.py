@@ -116,5 +116,7 @@ def scheduler(sweep: SweepConfig, max_steps: int | None):
 
     if isinstance(tune_metric(sweep)[0], list):
         raise ConfigError("sweep.scheduler=asha needs one objective, not a Pareto front")
-    # its metric comes from TuneConfig (tune_metric)
-    return ASHAScheduler(time_attr="step", max_t=max_steps or 10**6, grace_period=sweep.grace_steps)
+    # its metric comes from TuneConfig (tune_metric). ASHA stops a trial whose step reaches
+    # max_t, killing it before it logs its final metrics and adapter: one past the last step.
+    max_t = max_steps + 1 if max_steps else 10**6
+    return ASHAScheduler(time_attr="step", max_t=max_t, grace_period=sweep.grace_steps)
