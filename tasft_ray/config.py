@@ -727,7 +727,9 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _sweep_keys_exist(self) -> Config:
-        known = set(flatten(self.model_dump(mode="json")))
+        leaves = flatten(self.model_dump(mode="json"))
+        # a key may set a whole section, e.g. data.contrastive: {path: ..., format: ...}
+        known = {".".join(k.split(".")[:n]) for k in leaves for n in range(1, k.count(".") + 2)}
         for key in self.sweep.space:
             if key not in known:
                 raise ValueError(f"sweep.space key '{key}' is not a config key")

@@ -108,9 +108,17 @@ def test_param_space_and_cases():
     assert cfg.with_overrides(trial_overrides(params)).loss.method == "nlcl"
 
 
-def test_bad_sweep_keys_are_one_line():
+def test_bad_sweep_keys_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"sweep.cases\[0\] key 'loss.lamda' is not a config key"):
         load_config("tiny", ["sweep.cases=[{loss.lamda: 1}]"])
+    # a case may set a whole section, and the trial's config (with that section set) is valid
+    (tmp_path / "c.jsonl").write_text("")
+    whole = f"{{data.contrastive: {{path: {tmp_path}/c.jsonl, format: generated}}, "
+    cfg = load_config("tiny", [f"sweep.cases=[{whole}data.harmful: {{name: harmfulq}}}}]"])
+    trial = cfg.with_overrides(cfg.sweep.cases[0])
+    assert trial.data.contrastive.path.endswith("c.jsonl") and trial.data.harmful.name == "harmfulq"
+    with pytest.raises(ConfigError, match=r"sweep.cases\[0\] key 'data.contrast' is not a"):
+        load_config("tiny", ["sweep.cases=[{data.contrast: {path: c.jsonl}}]"])
 
 
 def test_logical_cpus_never_deadlock():
