@@ -123,15 +123,19 @@ def cluster(tmp_path_factory):
     # the nodes' `python` is this environment's, as on a cluster image with the package in it
     os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     try:
+        # every node's dashboard agent on a port of its own: on one machine they would all try
+        # Ray's default (52365), and the head's agent, which `ray job submit` needs, may lose
         c = Cluster(
             initialize_head=True,
             connect=False,
             head_node_args={"num_cpus": 1, "include_dashboard": True,
-                            "dashboard_port": _port(), "dashboard_host": "127.0.0.1"},
+                            "dashboard_port": _port(), "dashboard_host": "127.0.0.1",
+                            "dashboard_agent_listen_port": _port()},
         )  # fmt: skip
         # each node its own runtime-env folder, as each machine of a cluster has its own disk:
         # shared, one node's cleanup would delete a package (a job's working dir) another uses
-        workers = [c.add_node(num_cpus=1, runtime_env_dir_name=f"runtime_resources_{i}")
+        workers = [c.add_node(num_cpus=1, runtime_env_dir_name=f"runtime_resources_{i}",
+                              dashboard_agent_listen_port=_port())
                    for i in range(3)]  # fmt: skip
         c.wait_for_nodes()
     finally:

@@ -105,7 +105,8 @@ class SweepOutcome:
     sweep: Location
     tracking_uri: str
     parent_run_id: str
-    status: dict[str, str] = field(default_factory=dict)  # trial name -> ok | error | unfinished
+    # trial name -> ok | error | unfinished | stopped early (by the scheduler, on the objective)
+    status: dict[str, str] = field(default_factory=dict)
     trial_ids: dict[str, str] = field(default_factory=dict)  # trial name -> Tune trial id
     not_started: int = 0  # trials of the space the stopped sweep never created
     report: Location | None = None  # the sweep's report folder (eval.in_sweep) or None
@@ -134,6 +135,10 @@ class SweepOutcome:
     @property
     def unfinished_ids(self) -> list[str]:
         return [self.trial_ids[name] for name in self.unfinished]
+
+    @property
+    def stopped_early_ids(self) -> set[str]:
+        return {self.trial_ids[n] for n, st in self.status.items() if st == "stopped early"}
 
     @property
     def failed(self) -> list[tuple[str, BaseException]]:
@@ -245,7 +250,8 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
         if cfg.eval.in_sweep:
             _report(outcome, uri)
         errors = [r for r in results if r.error]
-        tracking.finish_children(uri, parent, "KILLED")  # those the scheduler stopped early
+        # the scheduler's early stops: KILLED, whatever their run last said while Tune ended it
+        tracking.finish_children(uri, parent, "KILLED", outcome.stopped_early_ids)
         tracking.finish_run(uri, parent, "FAILED" if errors else "FINISHED")
         return outcome
 
@@ -266,20 +272,22 @@ def _report(outcome: SweepOutcome, uri: str) -> None:
 
 
 def _outcome(cfg: Config, results, sweep: Location, uri: str, parent: str) -> SweepOutcome:
-    """How each trial ended. A stopped sweep's trials whose child run has not FINISHED were
-    cut short; without a stop every trial Tune ended is done (ASHA ends some early)."""
+    """How each trial ended, from Tune and the trials' child runs: a run that did not finish
+    was cut short by a stopped sweep, or else stopped early by the scheduler."""
     # the ResultGrid lists results in its trials' order; only the trials know their status
     trials = results._experiment_analysis.trials
     stopped = _STOPPED.is_set()
-    ended = tracking.child_statuses(uri, parent) if stopped else {}
+    ended = tracking.child_statuses(uri, parent)
     status = {}
     for t in trials:
         if t.status == "ERROR":
             status[str(t)] = "error"
-        elif stopped and ended.get(t.trial_id) != "FINISHED":
-            status[str(t)] = "unfinished"
-        else:
+        elif ended.get(t.trial_id) == "FINISHED":
             status[str(t)] = "ok"
+        elif stopped:
+            status[str(t)] = "unfinished"
+        else:  # Tune ended it without an error before its run finished: the scheduler did
+            status[str(t)] = "stopped early"
     left = max(0, expected_trials(cfg.sweep) - len(trials)) if stopped else 0
     ids = {str(t): t.trial_id for t in trials}
     return SweepOutcome(results, sweep, uri, parent, status, ids, left)
@@ -379,8 +387,6 @@ def summary(outcome: SweepOutcome, cfg: Config) -> str:
         params = trial_overrides(r.config or {})
         m = r.metrics or {}
         avg = [m.get(f"avg/{x}", m.get(x)) for x in losses]  # older runs logged no averages
-        if status == "ok" and cfg.train.max_steps and m.get("step", 0) < cfg.train.max_steps:
-            status = "stopped early"  # by the scheduler, on the objective
         rows.append(
             [_shown(params.get(k, "")) for k in keys]
             + [str(m.get("step", ""))]
