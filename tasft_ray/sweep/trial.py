@@ -91,7 +91,10 @@ def run_trial(
     try:
         result = trainer.fit()
     except Exception:
-        tracking.finish_run(uri, run_id, "FAILED")
+        # a stopped sweep or Tune's scheduler may already have closed the run KILLED (the
+        # driver does once Tune returns, which can be before this worker gets here)
+        if tracking.client(uri).get_run(run_id).info.status == "RUNNING":
+            tracking.finish_run(uri, run_id, "FAILED")
         raise
     final = {
         f"final/{k}": float(v)
