@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tasft_ray"
 
 # Lowest first. A module may import its own package and anything in a lower layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("tasft_ray", "tasft_ray.errors", "tasft_ray.objective"),
+    ("tasft_ray", "tasft_ray.errors", "tasft_ray.objective", "tasft_ray.accelerator"),
     ("tasft_ray.files", "tasft_ray.config"),
     ("tasft_ray.storage", "tasft_ray.losses", "tasft_ray.worker_env"),
     ("tasft_ray.tracking", "tasft_ray.data", "tasft_ray.cluster"),

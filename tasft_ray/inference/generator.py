@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasft_ray.accelerator import torch_device
 from tasft_ray.config import ModelConfig, SamplingConfig
 from tasft_ray.data.template import format_prompt
 from tasft_ray.training.models import load_model
@@ -62,7 +63,7 @@ class HFGenerator:
 
     def __init__(self, model_cfg: dict, adapter: str | None, sampling: dict, threads: int = 1):
         torch.set_num_threads(threads)  # Ray pins OMP_NUM_THREADS=1 in every worker
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch_device()
         self.tokenizer, self.model = load_generator_model(
             ModelConfig.model_validate(model_cfg), adapter, device
         )

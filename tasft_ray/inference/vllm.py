@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 
-import torch
-
+from tasft_ray.accelerator import vllm_available
 from tasft_ray.config import ConfigError, ModelConfig, SamplingConfig, cache_root
 from tasft_ray.data.template import format_prompt
 from tasft_ray.files import atomic_dir
 from tasft_ray.inference.generator import load_generator_model
-
-
-def vllm_available() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
 
 
 def resolve_backend(backend: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tasft_ray.accelerator import torch_device
 from tasft_ray.errors import one_line
 from tasft_ray.judges.base import HarmJudge, JudgeError, check_pairs, strip_template
 
@@ -40,12 +41,9 @@ class DebertaJudge(HarmJudge):
         revision: str | None = None,
     ) -> None:
         super().__init__(threshold)
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
+        self.device = device = torch_device(device)
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
         try:

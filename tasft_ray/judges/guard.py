@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasft_ray.accelerator import torch_device, vllm_available
 from tasft_ray.errors import one_line
 from tasft_ray.judges.base import HarmJudge, JudgeError, check_pairs, strip_template
 
@@ -112,8 +113,7 @@ class GuardJudge(HarmJudge):
         import torch
         from transformers import AutoModelForCausalLM
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch_device(device)
         self.device = device
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(
@@ -285,11 +285,7 @@ class GuardJudge(HarmJudge):
 
 
 def _engine(engine: str, name: str) -> str:
-    import importlib.util
-
-    import torch
-
-    can = torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    can = vllm_available()
     if engine == "auto":
         return "vllm" if can else "hf"
     if engine == "vllm" and not can:
