@@ -295,10 +295,10 @@ def _toxic_search(cfg) -> int:
 
 
 def _generate(cfg, overwrite: bool) -> int:
-    from tasft_ray.generation.run import log_to_mlflow, run_generate
+    from tasft_ray.generation.run import run_generate
 
     result = run_generate(cfg, overwrite=overwrite)
-    run_id = log_to_mlflow(cfg, result)
+    run_id = result.run_id
     rate = result.new_rows / result.seconds if result.seconds else 0.0
     print(
         f"{result.rows} judged rows ({result.harmful} harmful, {result.new_rows} new in "
@@ -313,15 +313,12 @@ def _generate(cfg, overwrite: bool) -> int:
 
 def _contrastive(cfg, overwrite: bool) -> int:
     from tasft_ray.generation.contrastive import run_contrastive
-    from tasft_ray.generation.run import log_dataset_run
 
     r = run_contrastive(cfg, overwrite=overwrite)
-    counts = {k: v for k, v in r.__dict__.items() if k != "path"}
-    run_id = log_dataset_run(cfg, "generate-contrastive", r.path, counts)
     print(
         f"{r.words} toxic words -> {r.written} written prompts, {r.prompts} kept -> "
         f"{r.answered} answered, {r.refused} refused -> {r.rows} rows ({r.new_rows} new in "
-        f"{r.seconds:.0f} s) -> {r.path}; MLflow run {run_id}"
+        f"{r.seconds:.0f} s) -> {r.path}; MLflow run {r.run_id}"
     )
     return 0
 
@@ -353,15 +350,14 @@ def _doctor(cfg) -> int:
 
 def _evaluate(cfg) -> int:
     from tasft_ray.evaluation.metrics import format_summary
-    from tasft_ray.evaluation.safety import log_to_mlflow, run_evaluate
+    from tasft_ray.evaluation.safety import run_evaluate
 
     result = run_evaluate(cfg)
-    run_id = log_to_mlflow(cfg, result)
     print(format_summary(result.metrics, cfg.eval.benchmarks))
     print(
         f"{result.rows} prompts in {result.seconds:.0f} s "
         f"({result.rows / max(result.seconds, 1e-9):.2f} prompts/s) -> {result.output_dir}; "
-        f"MLflow run {run_id}"
+        f"MLflow run {result.run_id}"
     )
     return 0
 

@@ -1,4 +1,5 @@
-"""MLflow: where runs go, one parent run per sweep, one child run per trial, rank-0 step logging.
+"""MLflow: where runs go, one parent run per sweep, one child run per trial, rank-0 step logging,
+the data sets each run used (dataset inputs), and runs opened when long work starts.
 
 Default store: ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts`` (the file
 store is in maintenance mode in MLflow 3). Any URI from ``tracking.uri`` or
@@ -7,14 +8,19 @@ store is in maintenance mode in MLflow 3). Any URI from ``tracking.uri`` or
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
 import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 from tasft_ray.config import Config, ConfigError, flatten
+from tasft_ray.data.lineage import DataInput
 from tasft_ray.errors import one_line
 from tasft_ray.files import check_writable
 from tasft_ray.storage import Location
@@ -25,6 +31,10 @@ TRIAL_TAG = "tasft.trial_id"
 SWEEP_TAG = "tasft.sweep"
 PARENT_TAG = "mlflow.parentRunId"
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+RUN_KIND_TAG = "tasft.kind"  # generate | generate-contrastive | evaluate | report
+CONTEXT_TAG, ROWS_TAG = "mlflow.data.context", "tasft.rows"  # a dataset input's role and rows
+PROGRESS_EVERY_S = 5.0  # a long run's progress metrics: at most this often (and at flushes)
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -73,11 +83,17 @@ def client(uri: str):
 
 
 def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment, created as a model-training one: without the kind tag MLflow's UI opens
+    it in its GenAI view (traces) instead of the runs table."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return c.create_experiment(name, artifact_location=_artifact_location(uri, name))
+    if exp is None:
+        return c.create_experiment(
+            name, artifact_location=_artifact_location(uri, name), tags={KIND_TAG: TRAINING_KIND}
+        )
+    if KIND_TAG not in exp.tags:
+        c.set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING_KIND)
+    return exp.experiment_id
 
 
 def log_params(uri: str, run_id: str, cfg: Config) -> None:
@@ -123,6 +139,61 @@ def child_run(uri: str, cfg: Config, parent_id: str, trial_id: str, trial_name: 
     log_params(uri, run.info.run_id, cfg)
     c.log_text(run.info.run_id, cfg.to_yaml(), "config.yaml")
     return run.info.run_id
+
+
+def log_inputs(uri: str, run_id: str, inputs: Iterable[DataInput]) -> None:
+    """The data sets a run used or wrote, as MLflow dataset inputs (the UI's Dataset column):
+    name and digest identify the content, the context its role, a tag the rows it took."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    logged = [
+        DatasetInput(
+            Dataset(d.name, d.digest, d.source_type, json.dumps({"uri": d.source})),
+            tags=[InputTag(CONTEXT_TAG, d.role), InputTag(ROWS_TAG, str(d.rows))],
+        )
+        for d in inputs
+    ]
+    if logged:
+        client(uri).log_inputs(run_id, datasets=logged)
+
+
+class LiveRun:
+    """A run opened when its work starts, so the UI shows it RUNNING with its progress and its
+    true duration; progress is logged at most every ``every_s`` seconds unless forced."""
+
+    def __init__(self, uri: str, run_id: str, every_s: float = PROGRESS_EVERY_S):
+        self.uri, self.run_id, self.every_s = uri, run_id, every_s
+        self.last = -math.inf
+
+    def progress(self, step: int, metrics: dict[str, float], force: bool = False) -> None:
+        from mlflow.entities import Metric
+
+        if not force and time.monotonic() - self.last < self.every_s:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        client(self.uri).log_batch(self.run_id, metrics=batch)
+        self.last = time.monotonic()
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        self.progress(0, metrics, force=True)
+
+
+@contextlib.contextmanager
+def live_run(uri: str, cfg: Config, kind: str, tags: dict[str, str] | None = None):
+    """A run of ``kind`` (params: the whole config) around the block: FINISHED when it returns,
+    KILLED on Ctrl-C, FAILED on any other exception."""
+    c = client(uri)
+    exp = ensure_experiment(uri, cfg.tracking.experiment)
+    run = c.create_run(exp, run_name=kind, tags={RUN_KIND_TAG: kind, **(tags or {})})
+    log_params(uri, run.info.run_id, cfg)
+    try:
+        yield LiveRun(uri, run.info.run_id)
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        finish_run(uri, run.info.run_id, status)
+        raise
+    finish_run(uri, run.info.run_id)
 
 
 class StepLogger:

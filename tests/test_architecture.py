@@ -17,7 +17,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("tasft_ray", "tasft_ray.errors", "tasft_ray.objective", "tasft_ray.accelerator"),
     ("tasft_ray.files", "tasft_ray.config"),
     ("tasft_ray.storage", "tasft_ray.losses", "tasft_ray.worker_env"),
-    ("tasft_ray.tracking", "tasft_ray.data", "tasft_ray.cluster"),
+    ("tasft_ray.data", "tasft_ray.cluster"),
+    ("tasft_ray.tracking",),  # names the data sets runs used (data.lineage)
     ("tasft_ray.training", "tasft_ray.judges"),
     ("tasft_ray.inference", "tasft_ray.report", "tasft_ray.doctor"),
     ("tasft_ray.evaluation", "tasft_ray.generation"),

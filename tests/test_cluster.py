@@ -9,6 +9,7 @@ drivers run as the real CLI (`python -m tasft_ray.tune`) in subprocesses that jo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,10 @@ AWS = {
     "AWS_SECRET_ACCESS_KEY": "test",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+# A tracking server without MLflow's job runner (its worker pools take ~2 GiB and are unused)
+SERVER_ENV = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
 
 
 def _port() -> int:
@@ -93,21 +99,27 @@ def s3(tmp_path_factory):
         _stop(proc)
 
 
-@pytest.fixture(scope="module")
-def mlflow_url(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mlflow")
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """A real `mlflow server` on a free port with its store in ``folder``; yields its URL."""
     port = _port()
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
            "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    proc = _start(cmd, folder / "server.log")
+    proc = _start(cmd, folder / "server.log", env=SERVER_ENV)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{url}/health", proc, folder / "server.log", seconds=180)
         yield url
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

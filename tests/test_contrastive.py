@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tasft_ray.config import load_config
-from tasft_ray.data.mixture import build_mixture, load_records
+from tasft_ray.data.mixture import build_mixture, select_records
 from tasft_ray.data.template import format_prompt
 from tasft_ray.files import read_jsonl
 from tasft_ray.generation.contrastive import (
@@ -145,7 +145,8 @@ def _run(tmp_path: Path, writer: Path, *extra: str) -> subprocess.CompletedProce
 
 def test_contrastive_pipeline_end_to_end_resumes_to_the_same_rows(tmp_path):
     cfg = load_config("tiny", ["data.toxic_count=8"])
-    safe, toxic, _ = load_records(cfg.data, "emd", cfg.train.seed, cfg.data_root)
+    sel = select_records(cfg.data, "emd", cfg.train.seed, cfg.data_root)
+    safe, toxic = sel.safe, sel.related
     words = toxic_words([e.instruction for e in toxic], [e.instruction for e in safe], 1.0, 3)
     assert len(words) == 3
     writer = _writer(tmp_path / "writer", words, per_word=2)

@@ -184,6 +184,14 @@ def test_evaluate_tiny_model_with_adapter_logs_metrics_and_responses(tmp_path):
     assert len(rows) == 6 * 3  # every prompt evaluated exactly once
     assert len({r["id"] for r in rows}) == len(rows)
     assert {"prompt", "response", "score", "harmful", "refused", "source"} <= set(rows[0])
+    table = json.loads((local / "answers.json").read_text())  # the same answers, as a table
+    answers = [dict(zip(table["columns"], r, strict=True)) for r in table["data"]]
+    assert [(a["benchmark"], a["prompt_id"], a["response"], a["refused"]) for a in answers] == [
+        (r["source"], r["id"], r["response"], r["refused"]) for r in rows
+    ]
+    assert [a["harm_score"] for a in answers] == pytest.approx([r["score"] for r in rows])
+    done = c.get_metric_history(run.info.run_id, "progress/prompts_done")
+    assert done[-1].value == done[-1].step == 18  # logged while it ran, the last one forced
     logged = run.data.metrics
     again = summarize(rows, load_config("tiny").eval.benchmarks)
     for key, value in again.items():  # the logged numbers are the artifact's numbers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -84,13 +85,27 @@ def test_interrupted_generation_resumes_to_exactly_every_prompt(tmp_path):
     manifest = json.loads(Path(str(out) + MANIFEST_SUFFIX).read_text())
     assert manifest["rows"] == 40 and manifest["new_rows"] == 25
     assert manifest["harmful"] == sum(r["harmful"] for r in rows)
-    # each call is an MLflow run with the dataset as an artifact
+    # each call is an MLflow run, open while it works: the failed one FAILED with its progress
     c = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.get_experiment_by_name("tasft-ray")
-    runs = c.search_runs([exp.experiment_id], filter_string="tags.`tasft.kind` = 'generate'")
-    assert len(runs) == 1  # the failed first call logged nothing
-    arts = [a.path for a in c.list_artifacts(runs[0].info.run_id, "dataset")]
-    assert "dataset/gen.jsonl" in arts and runs[0].data.metrics["rows"] == 40
+    assert exp.tags[tracking.KIND_TAG] == tracking.TRAINING_KIND  # the UI's runs table
+    runs = c.search_runs([exp.experiment_id], filter_string="tags.`tasft.kind` = 'generate'",
+                         order_by=["attributes.start_time ASC"])  # fmt: skip
+    assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]
+    done = c.get_metric_history(runs[0].info.run_id, "progress/rows_done")
+    assert done[-1].value == done[-1].step == 15  # flushed rows are logged before the stop
+    kept = c.get_metric_history(runs[0].info.run_id, "progress/rows_kept")[-1].value
+    assert kept == sum(r["harmful"] for r in partial)
+    done = c.get_metric_history(runs[1].info.run_id, "progress/rows_done")
+    assert done[-1].value == 40 and all(15 < m.step <= 40 for m in done)
+    assert runs[1].info.end_time - runs[1].info.start_time >= 1000 * manifest["seconds"]
+    arts = [a.path for a in c.list_artifacts(runs[1].info.run_id, "dataset")]
+    assert "dataset/gen.jsonl" in arts and runs[1].data.metrics["rows"] == 40
+    (logged,) = c.get_run(runs[1].info.run_id).inputs.dataset_inputs
+    assert logged.dataset.name == "gen.jsonl"
+    assert logged.dataset.digest == hashlib.sha256(out.read_bytes()).hexdigest()[:16]
+    assert {t.key: t.value for t in logged.tags} == {tracking.CONTEXT_TAG: "generated",
+                                                     tracking.ROWS_TAG: "40"}  # fmt: skip
 
     # a generated dataset is directly usable as D_related
     cfg = load_config(

@@ -12,7 +12,7 @@ from tasft_ray.data.mixture import (
     encode_pair,
     epoch_order,
     group_by_length,
-    load_records,
+    select_records,
 )
 from tasft_ray.data.template import format_prompt
 from tasft_ray.losses import HARMFUL, IGNORE_INDEX, SAFE
@@ -60,22 +60,24 @@ def test_mixture_counts_kinds_and_determinism(tok):
 
 def test_toxic_selection_first_and_seeded():
     cfg = load_config("tiny", ["data.toxic_selection=first", "data.toxic_count=5"])
-    _, first, _ = load_records(cfg.data, "nlcl", 0, None)
-    _, first_again, _ = load_records(cfg.data, "nlcl", 7, None)
+    first = select_records(cfg.data, "nlcl", 0, None).related
+    first_again = select_records(cfg.data, "nlcl", 7, None).related
     assert first == first_again  # 'first' ignores the seed
     seeded = load_config("tiny", ["data.toxic_count=5"])
-    _, s0, _ = load_records(seeded.data, "nlcl", 0, None)
-    _, s1, _ = load_records(seeded.data, "nlcl", 1, None)
+    s0 = select_records(seeded.data, "nlcl", 0, None).related
+    s1 = select_records(seeded.data, "nlcl", 1, None).related
     assert s0 != s1 and len(s0) == len(s1) == 5
 
 
 def test_methods_choose_their_safety_data():
     cfg = load_config("tiny")
-    _, related, _ = load_records(cfg.data, "sft", 0, None)
+    related = select_records(cfg.data, "sft", 0, None).related
     assert related == []  # plain SFT drops the harmful pairs
-    _, related, kind = load_records(cfg.data, "stl", 0, None)
+    sel = select_records(cfg.data, "stl", 0, None)
+    related, kind = sel.related, sel.related_kind
     assert kind == SAFE and len(related) == 16  # STL: safe refusals, trained as SFT data
-    _, related, kind = load_records(cfg.data, "kto", 0, None)
+    sel = select_records(cfg.data, "kto", 0, None)
+    related, kind = sel.related, sel.related_kind
     assert kind == HARMFUL and len(related) == 16
 
 

@@ -6,6 +6,7 @@ Ray, so the tests exercise exactly what users run; results are read back from th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -83,6 +84,18 @@ def _runs(tmp_path: Path):
     parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
     children = [r for r in runs if tracking.PARENT_TAG in r.data.tags]
     return c, parents, children
+
+
+def _inputs(c, run) -> list:
+    return c.get_run(run.info.run_id).inputs.dataset_inputs
+
+
+def _tags(dataset_input) -> dict[str, str]:
+    return {t.key: t.value for t in dataset_input.tags}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _steps(c, run) -> list[int]:
@@ -226,6 +239,31 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
         assert "eval/step_2/responses.jsonl" in {
             a.path for a in c.list_artifacts(ch.info.run_id, "eval/step_2")
         }
+        # the answers as MLflow tables, per checkpoint, equal to the JSONL rows
+        for where, n in (("eval", 6), ("eval/step_2", 6)):
+            table = json.loads(
+                Path(c.download_artifacts(ch.info.run_id, f"{where}/answers.json")).read_text()
+            )
+            cols = table["columns"]
+            assert cols[:8] == ["benchmark", "prompt_id", "prompt", "response", "harm_score",
+                                "harmful", "refused", "judge"]  # fmt: skip
+            answers = [dict(zip(cols, r, strict=True)) for r in table["data"]]
+            assert len(answers) == n
+            if where == "eval":
+                assert [(a["prompt_id"], a["response"], a["harmful"]) for a in answers] == [
+                    (r["id"], r["response"], r["harmful"]) for r in rows
+                ]
+        # dataset lineage: the mixture's sources with the digests of their files
+        used = {i.tags[0].value: i for i in _inputs(c, ch)}
+        safe = used["safe"].dataset
+        alpaca = Path(os.environ["TASFT_DATA_DIR"], "alpaca_data_1k_sample", "alpaca_data_1k.json")
+        assert safe.name == "alpaca_1k" and safe.digest == _digest(alpaca)
+        assert _tags(used["safe"])[tracking.ROWS_TAG] == "64"
+        if ch.data.params["loss.method"] == "sft":  # SFT trains on no harmful rows
+            assert set(used) == {"safe"}
+        else:
+            assert used["harmful"].dataset.name == "jbb_jailbroken"
+            assert _tags(used["harmful"])[tracking.ROWS_TAG] == "16"
     # the sweep's report: written, logged to the parent run, its numbers are the runs' numbers
     parent = parents[0].info.run_id
     report = tmp_path / "ray" / "sweep" / "report"
@@ -241,6 +279,14 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
         assert float(row["harm score"]) == pytest.approx(
             m["final/eval/safety/harm_score"], abs=5e-5
         )
+    # the parent: its trials' data, how they ended, the chosen λ and its numbers, their curves
+    assert {i.dataset.name for i in _inputs(c, parents[0])} == {"alpaca_1k", "jbb_jailbroken"}
+    pm = c.get_run(parent).data.metrics
+    assert pm["trials/ok"] == 2 and pm["trials/error"] == 0
+    emd = next(ch.data.metrics for ch in children if ch.data.params["loss.method"] == "emd")
+    assert pm["chosen/emd/n16/lam"] == 1.0
+    assert pm["chosen/emd/n16/safety/n_harmful"] == emd["final/eval/safety/n_harmful"]
+    check_png(Path(c.download_artifacts(parent, "trial_curves.png", str(tmp_path / "p"))))
     crashed = next(ch for ch in children if ch.data.params["loss.method"] == "emd")
     marker = next((tmp_path / "ray" / "sweep" / "trials").glob("*/.fault_injected"))
     assert marker.read_text() == "3"  # the failure really happened

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tasft_ray.config import DataConfig, Method
+from tasft_ray.data.lineage import DataInput, describe_source
 from tasft_ray.data.sources import DataError, Example, load_source
 from tasft_ray.data.template import format_prompt
 from tasft_ray.losses import HARMFUL, IGNORE_INDEX, SAFE
@@ -29,6 +30,7 @@ class Mixture:
     input_ids: list[list[int]] = field(default_factory=list)
     labels: list[list[int]] = field(default_factory=list)
     kinds: list[int] = field(default_factory=list)
+    inputs: list[DataInput] = field(default_factory=list)  # the sources it was built from
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -98,40 +100,43 @@ def _take(items: list[Example], count: int | None, rule: str, seed: int, key: st
     return random.Random(seed).sample(items, count)
 
 
-def load_records(
-    data: DataConfig, method: Method, seed: int, root: str | None
-) -> tuple[list[Example], list[Example], int]:
+@dataclass
+class Selection:
+    """The records a method trains on, and where each part came from (``lineage``)."""
+
+    safe: list[Example]
+    related: list[Example]
+    related_kind: int
+    inputs: list[DataInput] = field(default_factory=list)
+
+
+def select_records(data: DataConfig, method: Method, seed: int, root: str | None) -> Selection:
     """Select the safe pairs and the safety-related pairs (harmful, or STL refusals) for a method.
 
-    Returns (safe, related, related_kind). ``sft`` drops the safety-related data entirely; ``stl``
-    uses safe refusals to toxic prompts, trained like ordinary safe data.
+    ``sft`` drops the safety-related data entirely; ``stl`` uses safe refusals to toxic prompts,
+    trained like ordinary safe data.
     """
-    safe_all = _pairs(load_source(data.safe, root), f"data.safe ({data.safe.origin})")
-    safe = _take(
-        safe_all,
-        data.safe_count,
-        data.toxic_selection,
-        seed,
-        "data.safe_count",
-        f"data.safe ({data.safe.origin})",
-    )
+    loaded = load_source(data.safe, root)
+    origin = f"data.safe ({data.safe.origin})"
+    safe = _take(_pairs(loaded, origin), data.safe_count, data.toxic_selection, seed,
+                 "data.safe_count", origin)  # fmt: skip
+    inputs = [describe_source("safe", data.safe, root, len(safe), loaded)]
     if data.contrastive is not None:  # seemingly toxic prompts, helpful answers: safe pairs
-        origin = f"data.contrastive ({data.contrastive.origin})"
-        safe = safe + _pairs(load_source(data.contrastive, root), origin)
+        loaded = load_source(data.contrastive, root)
+        extra = _pairs(loaded, f"data.contrastive ({data.contrastive.origin})")
+        safe = safe + extra
+        inputs.append(describe_source("contrastive", data.contrastive, root, len(extra), loaded))
     if method == "sft" or data.toxic_count == 0:
-        return safe, [], HARMFUL
-    src, kind = (data.refusals, SAFE) if method == "stl" else (data.harmful, HARMFUL)
-    section = "data.refusals" if method == "stl" else "data.harmful"
-    origin = f"{section} ({src.origin})"
-    related = _take(
-        _pairs(load_source(src, root), origin),
-        data.toxic_count,
-        data.toxic_selection,
-        seed + 1,
-        "data.toxic_count",
-        origin,
-    )
-    return safe, related, kind
+        return Selection(safe, [], HARMFUL, inputs)
+    role, kind = ("refusals", SAFE) if method == "stl" else ("harmful", HARMFUL)
+    src = getattr(data, role)
+    origin = f"data.{role} ({src.origin})"
+    loaded = load_source(src, root)
+    related = _take(_pairs(loaded, origin), data.toxic_count, data.toxic_selection, seed + 1,
+                    "data.toxic_count", origin)  # fmt: skip
+    # first: the MLflow runs table shows a run's first input, and this one tells trials apart
+    inputs.insert(0, describe_source(role, src, root, len(related), loaded))
+    return Selection(safe, related, kind, inputs)
 
 
 def tokenize_examples(
@@ -159,10 +164,11 @@ def build_mixture(
     data: DataConfig, method: Method, tokenizer, seed: int, root: str | None = None
 ) -> Mixture:
     """D = N safe pairs ∪ toxic_count safety-related pairs, deterministic under ``seed``."""
-    safe, related, kind = load_records(data, method, seed, root if root else data.root)
-    mixture = tokenize_examples(tokenizer, safe, SAFE, data.max_length, data.template)
-    extra = tokenize_examples(tokenizer, related, kind, data.max_length, data.template)
-    mixture.extend(extra)
+    s = select_records(data, method, seed, root if root else data.root)
+    mixture = tokenize_examples(tokenizer, s.safe, SAFE, data.max_length, data.template)
+    mixture.extend(tokenize_examples(tokenizer, s.related, s.related_kind, data.max_length,
+                                     data.template))  # fmt: skip
+    mixture.inputs = s.inputs
     log.info("mixture for %s: %s", method, mixture.counts())
     return mixture
 

@@ -8,8 +8,8 @@ prompts give the over-refusal rate, its unsafe ones the compliance rate. Quality
 PIQA / BoolQ / OpenBookQA log-likelihood accuracy through lm-eval (``evaluation.quality``).
 
 Outputs: ``eval.output_dir``/responses.jsonl (source = benchmark, prompt, response, score,
-harmful, refused) and metrics.json, both written atomically, and an MLflow run with the metrics
-and both files as artifacts.
+harmful, refused) and metrics.json, both written atomically, and an MLflow run, open while it
+works, with the metrics, both files and the answers as an MLflow table.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from tasft_ray.judges import check_judge
 log = logging.getLogger(__name__)
 
 RESPONSES_FILE, METRICS_FILE, ALPACA_FILE = "responses.jsonl", "metrics.json", "alpaca_eval.jsonl"
+ANSWERS_TABLE = "answers.json"  # the answers as an MLflow table, beside responses.jsonl
 
 
 @dataclass
@@ -45,20 +46,65 @@ class EvalResult:
     metrics: dict[str, float]
     rows: int
     seconds: float
+    run_id: str = ""  # its MLflow run
+    answers: list[dict] | None = None
 
 
 def run_evaluate(cfg: Config, progress: bool = True) -> EvalResult:
-    """Answer, judge, summarise, write. The generate pipeline with eval's sampling and judge."""
+    """Answer, judge, summarise, write. The generate pipeline with eval's sampling and judge.
+    Its MLflow run (nested under ``eval.parent_run_id`` when given) is open while it works,
+    with progress metrics, and ends FAILED if it fails."""
     e = cfg.eval
-    tracking.check_reachable(tracking.tracking_uri(cfg))
+    uri = tracking.tracking_uri(cfg)
+    tracking.check_reachable(uri)
     check_writable(e.output_dir, "eval.output_dir")
     check_judges(e)
-    adapter = adapter_from_spec(e.adapter, "eval.adapter", tracking.tracking_uri(cfg))
-    with output_lock(Path(e.output_dir) / LOCK_FILE, "eval.output_dir", e.output_dir):
-        return _evaluate(cfg, adapter, progress)
+    adapter = adapter_from_spec(e.adapter, "eval.adapter", uri)
+    tags = {tracking.PARENT_TAG: e.parent_run_id} if e.parent_run_id else {}
+    with (
+        output_lock(Path(e.output_dir) / LOCK_FILE, "eval.output_dir", e.output_dir),
+        tracking.live_run(uri, cfg, "evaluate", tags) as run,
+    ):
+        result = _evaluate(cfg, adapter, progress, run)
+        run.log_metrics(result.metrics)
+        for name in (RESPONSES_FILE, METRICS_FILE, ALPACA_FILE):
+            if (result.output_dir / name).is_file():
+                tracking.client(uri).log_artifact(run.run_id, str(result.output_dir / name), "eval")
+        log_answers(uri, run.run_id, result.answers or [], "eval")
+        result.run_id = run.run_id
+        return result
 
 
-def _evaluate(cfg: Config, adapter: str | None, progress: bool) -> EvalResult:
+def answers_table(rows: list[dict]) -> dict[str, list]:
+    """The answers as columns for MLflow's table viewer (sort and filter in the UI): one row
+    per prompt, each extra judge's verdict beside the main one's."""
+    extra = sorted({n for r in rows for n in r.get("judges", {})})
+    table: dict[str, list] = {
+        "benchmark": [r["source"] for r in rows],
+        "prompt_id": [r["id"] for r in rows],
+        "prompt": [r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "") for r in rows],
+        "response": [r["response"] for r in rows],
+        "harm_score": [r["score"] for r in rows],
+        "harmful": [r["harmful"] for r in rows],
+        "refused": [r["refused"] for r in rows],
+        "judge": [r["judge"] for r in rows],
+    }
+    for name in extra:
+        verdicts = [r.get("judges", {}).get(name, {}) for r in rows]
+        table[f"{name}_score"] = [v.get("score") for v in verdicts]
+        table[f"{name}_harmful"] = [v.get("harmful") for v in verdicts]
+    return table
+
+
+def log_answers(uri: str, run_id: str, rows: list[dict], folder: str) -> None:
+    """``folder``/answers.json: the answers table of one evaluation (a run, or a checkpoint)."""
+    if rows:
+        tracking.client(uri).log_table(run_id, answers_table(rows), f"{folder}/{ANSWERS_TABLE}")
+
+
+def _evaluate(
+    cfg: Config, adapter: str | None, progress: bool, run: tracking.LiveRun
+) -> EvalResult:
     from tqdm.auto import tqdm
 
     e = cfg.eval
@@ -81,6 +127,11 @@ def _evaluate(cfg: Config, adapter: str | None, progress: bool) -> EvalResult:
         for row in pipe.iter_rows():
             rows.append(clean_row(row))  # "source" is the benchmark
             bar.update(1)
+            done = {
+                "progress/prompts_done": len(rows),
+                "progress/prompts_per_s": len(rows) / (time.perf_counter() - start),
+            }
+            run.progress(len(rows), done, force=len(rows) == len(prompts))
     finally:
         bar.close()
     seconds = time.perf_counter() - start
@@ -104,7 +155,7 @@ def _evaluate(cfg: Config, adapter: str | None, progress: bool) -> EvalResult:
         (out / ALPACA_FILE).unlink(missing_ok=True)
     meta = {"model": cfg.model.name, "adapter": e.adapter, "judge": e.judge}
     write_atomic(out / METRICS_FILE, json.dumps(meta | {"metrics": metrics}, indent=2) + "\n")
-    return EvalResult(out, metrics, len(rows), seconds)
+    return EvalResult(out, metrics, len(rows), seconds, answers=rows)
 
 
 def evaluate_in_process(
@@ -154,24 +205,3 @@ def check_judges(e: EvalConfig) -> None:
     check_judge(e.judge, e.judge_options, "eval.judge")
     for name, options in e.extra_judges().items():
         check_judge(name, options, f"eval.judges_options.{name}")
-
-
-def log_to_mlflow(cfg: Config, result: EvalResult) -> str:
-    """One MLflow run (nested under ``eval.parent_run_id`` when given): metrics + files."""
-    uri = tracking.tracking_uri(cfg)
-    tracking.check_reachable(uri)
-    c = tracking.client(uri)
-    tags = {"tasft.kind": "evaluate"}
-    if cfg.eval.parent_run_id:
-        tags[tracking.PARENT_TAG] = cfg.eval.parent_run_id
-    run = c.create_run(
-        tracking.ensure_experiment(uri, cfg.tracking.experiment), run_name="evaluate", tags=tags
-    )
-    tracking.log_params(uri, run.info.run_id, cfg)
-    for key, value in result.metrics.items():
-        c.log_metric(run.info.run_id, key, float(value))
-    for name in (RESPONSES_FILE, METRICS_FILE, ALPACA_FILE):
-        if (result.output_dir / name).is_file():
-            c.log_artifact(run.info.run_id, str(result.output_dir / name), "eval")
-    tracking.finish_run(uri, run.info.run_id)
-    return run.info.run_id

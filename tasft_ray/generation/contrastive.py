@@ -31,11 +31,18 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasft_ray import tracking
 from tasft_ray.cluster import init_ray
 from tasft_ray.config import Config, ConfigError
-from tasft_ray.data.mixture import load_records
+from tasft_ray.data.mixture import select_records
 from tasft_ray.files import check_writable, output_lock, read_jsonl, to_jsonl, write_atomic
-from tasft_ray.generation.run import MANIFEST_SUFFIX, InjectedStop, resolve_adapter
+from tasft_ray.generation.run import (
+    MANIFEST_SUFFIX,
+    InjectedStop,
+    log_dataset,
+    progress_metrics,
+    resolve_adapter,
+)
 from tasft_ray.inference.pipeline import answer_pipeline, clean_row, pipeline_cpus
 from tasft_ray.judges import check_judge
 
@@ -78,6 +85,7 @@ class ContrastiveResult:
     rows: int  # kept rows in the output
     new_rows: int
     seconds: float
+    run_id: str = ""  # its MLflow run
 
 
 def _words(text: str) -> list[str]:
@@ -153,17 +161,29 @@ def run_contrastive(
     if cfg.data.toxic_count == 0:
         raise ConfigError("generate --contrastive takes the toxic words from the mixture's "
                           "toxic prompts: set data.toxic_count >= 1")  # fmt: skip
-    with output_lock(out.with_name(f".{out.name}.lock"), "generate.contrastive.output", str(out)):
-        return _contrastive(cfg, out, overwrite, progress)
+    uri = tracking.tracking_uri(cfg)
+    tracking.check_reachable(uri)
+    with (
+        output_lock(out.with_name(f".{out.name}.lock"), "generate.contrastive.output", str(out)),
+        tracking.live_run(uri, cfg, "generate-contrastive") as run,
+    ):
+        r = _contrastive(cfg, out, overwrite, progress, run)
+        counts = {k: v for k, v in r.__dict__.items() if k not in ("path", "run_id")}
+        log_dataset(run, out, counts, r.rows)
+        r.run_id = run.run_id
+        return r
 
 
-def _contrastive(cfg: Config, out: Path, overwrite: bool, progress: bool) -> ContrastiveResult:
+def _contrastive(
+    cfg: Config, out: Path, overwrite: bool, progress: bool, run: tracking.LiveRun
+) -> ContrastiveResult:
     c, g = cfg.generate.contrastive, cfg.generate
     work = out.with_name(out.name + WORK_SUFFIX)
     if overwrite:
         work.unlink(missing_ok=True)
     rows = read_jsonl(work)
-    safe, toxic, _ = load_records(cfg.data, "emd", cfg.train.seed, cfg.data_root)
+    sel = select_records(cfg.data, "emd", cfg.train.seed, cfg.data_root)
+    safe, toxic = sel.safe, sel.related
     words = toxic_words([e.instruction for e in toxic], [e.instruction for e in safe],
                         c.min_z, c.max_words)  # fmt: skip
     log.info("contrastive: %d toxic words from %d toxic prompts", len(words), len(toxic))
@@ -175,10 +195,13 @@ def _contrastive(cfg: Config, out: Path, overwrite: bool, progress: bool) -> Con
         return {r["id"] for r in rows if r["step"] == step}
 
     def flush(force: bool = False) -> None:
-        if force or new % g.flush_every == 0:
+        force = force or new % g.flush_every == 0 or g.fail_after_rows == new
+        if force:
             write_atomic(work, to_jsonl(rows))
+        kept = sum(r["step"] == "answer" and not r["refused"] for r in rows)
+        seconds = time.perf_counter() - start
+        run.progress(len(rows), progress_metrics(len(rows), kept, new, seconds), force)
         if g.fail_after_rows and new >= g.fail_after_rows:
-            write_atomic(work, to_jsonl(rows))
             raise InjectedStop(f"generate.fail_after_rows: stopped after {new} rows")
 
     todo = [a for a in asks if a["id"] not in done("write")]

@@ -50,6 +50,7 @@ class GenerateResult:
     new_rows: int
     seconds: float
     prompts_left: int
+    run_id: str = ""  # its MLflow run
 
 
 def resolve_adapter(cfg: Config) -> str | None:
@@ -73,17 +74,36 @@ def run_generate(cfg: Config, overwrite: bool = False, progress: bool = True) ->
     The tracking store and the output path are checked before any work, and one run at a time
     writes an output (a lock beside it). A rerun resumes from the rows already written;
     ``overwrite`` starts over, and the old file is replaced only once the new one is complete.
+    The MLflow run is open while the work runs (progress metrics) and ends FAILED if it fails.
     """
     g = cfg.generate
     out = Path(g.output)
-    tracking.check_reachable(tracking.tracking_uri(cfg))
+    uri = tracking.tracking_uri(cfg)
+    tracking.check_reachable(uri)
     check_writable(out, "generate.output", folder=False)
     check_judge(g.judge, g.judge_options, "generate.judge")
-    with output_lock(out.with_name(f".{out.name}.lock"), "generate.output", str(out)):
-        return _generate(cfg, out, overwrite, progress)
+    with (
+        output_lock(out.with_name(f".{out.name}.lock"), "generate.output", str(out)),
+        tracking.live_run(uri, cfg, "generate") as run,
+    ):
+        result = _generate(cfg, out, overwrite, progress, run)
+        metrics = {"rows": result.rows, "harmful": result.harmful, "new_rows": result.new_rows,
+                   "seconds": result.seconds,
+                   "rows_per_s": result.new_rows / max(result.seconds, 1e-9)}  # fmt: skip
+        log_dataset(run, out, metrics, result.rows)
+        result.run_id = run.run_id
+        return result
 
 
-def _generate(cfg: Config, out: Path, overwrite: bool, progress: bool) -> GenerateResult:
+def progress_metrics(done: int, kept: int, new: int, seconds: float) -> dict[str, float]:
+    """What a generating run shows while it runs: rows judged (in the file), rows kept, speed."""
+    return {"progress/rows_done": done, "progress/rows_kept": kept,
+            "progress/rows_per_s": new / max(seconds, 1e-9)}  # fmt: skip
+
+
+def _generate(
+    cfg: Config, out: Path, overwrite: bool, progress: bool, run: tracking.LiveRun
+) -> GenerateResult:
     from tqdm.auto import tqdm
 
     g = cfg.generate
@@ -109,10 +129,12 @@ def _generate(cfg: Config, out: Path, overwrite: bool, progress: bool) -> Genera
                 harmful += bool(row["harmful"])
                 bar.update(1)
                 bar.set_postfix(harmful=harmful)
-                if new % g.flush_every == 0:
+                flush = new % g.flush_every == 0 or g.fail_after_rows == new
+                if flush:
                     write_atomic(dest, to_jsonl(rows))
+                seconds = time.perf_counter() - start
+                run.progress(len(rows), progress_metrics(len(rows), harmful, new, seconds), flush)
                 if g.fail_after_rows and new >= g.fail_after_rows:
-                    write_atomic(dest, to_jsonl(rows))
                     raise InjectedStop(f"generate.fail_after_rows: stopped after {new} rows")
                 if g.target and harmful >= g.target:
                     break
@@ -123,6 +145,7 @@ def _generate(cfg: Config, out: Path, overwrite: bool, progress: bool) -> Genera
     if overwrite:
         os.replace(dest, out)
     seconds = time.perf_counter() - start
+    run.progress(len(rows), progress_metrics(len(rows), harmful, new, seconds), force=True)
     left = len(prompts) - new
     result = GenerateResult(out, len(rows), harmful, new, seconds, left)
     _write_manifest(cfg, result)
@@ -148,33 +171,13 @@ def _write_manifest(cfg: Config, result: GenerateResult) -> None:
     write_atomic(Path(str(result.path) + MANIFEST_SUFFIX), json.dumps(manifest, indent=2) + "\n")
 
 
-def log_to_mlflow(cfg: Config, result: GenerateResult) -> str:
-    """One MLflow run per generate call: params, counts, the dataset and its manifest."""
-    metrics = {
-        "rows": result.rows,
-        "harmful": result.harmful,
-        "new_rows": result.new_rows,
-        "seconds": result.seconds,
-        "rows_per_s": result.new_rows / max(result.seconds, 1e-9),
-    }
-    return log_dataset_run(cfg, "generate", result.path, metrics)
+def log_dataset(run: tracking.LiveRun, path: Path, metrics: dict[str, float], rows: int) -> None:
+    """A generating run's results: its counts, the file and its manifest as artifacts, and the
+    file as a dataset input, digest and all, for the training runs that use it to match."""
+    from tasft_ray.data.lineage import describe_file
 
-
-def log_dataset_run(cfg: Config, kind: str, path: Path, metrics: dict[str, float]) -> str:
-    """A finished MLflow run of a data set written by ``kind``: params, counts, the file and its
-    manifest."""
-    uri = tracking.tracking_uri(cfg)
-    tracking.check_reachable(uri)
-    c = tracking.client(uri)
-    run = c.create_run(
-        tracking.ensure_experiment(uri, cfg.tracking.experiment),
-        run_name=kind,
-        tags={"tasft.kind": kind},
-    )
-    tracking.log_params(uri, run.info.run_id, cfg)
-    for key, value in metrics.items():
-        c.log_metric(run.info.run_id, key, float(value))
-    c.log_artifact(run.info.run_id, str(path), "dataset")
-    c.log_artifact(run.info.run_id, str(path) + MANIFEST_SUFFIX, "dataset")
-    tracking.finish_run(uri, run.info.run_id)
-    return run.info.run_id
+    run.log_metrics(metrics)
+    c = tracking.client(run.uri)
+    c.log_artifact(run.run_id, str(path), "dataset")
+    c.log_artifact(run.run_id, str(path) + MANIFEST_SUFFIX, "dataset")
+    tracking.log_inputs(run.uri, run.run_id, [describe_file("generated", path, rows)])

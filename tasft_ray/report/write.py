@@ -16,11 +16,13 @@ from tasft_ray import tracking
 from tasft_ray.files import atomic_dir
 from tasft_ray.report.figures import FIG2, FIG3, plot_harm_vs_step, plot_refusal_vs_safety
 from tasft_ray.report.markdown import to_markdown
-from tasft_ray.report.rule import RULE, best_lambda
+from tasft_ray.report.rule import RULE, Choice, best_lambda
 from tasft_ray.report.trials import ReportError, Trial, declared_objective, load_trials
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 TRIAL_ONLY = ("seeded", "rest", "objective")  # not in report.json: presentation, config params
+HEADLINE = ("safety/n_harmful", "safety/harm_score", "xstest/safe_refusal_rate",
+            "quality/mean_acc")  # fmt: skip
 
 
 def write_report(
@@ -71,7 +73,24 @@ def write_report(
         (tmp / REPORT_JSON).write_text(json.dumps(data, indent=1) + "\n")
     if log:
         _log(uri, out, parent_run_id, experiment)
+        if parent_run_id:
+            log_choices(uri, parent_run_id, choices)
     return out, trials
+
+
+def log_choices(uri: str, run_id: str, choices: list[Choice]) -> None:
+    """The chosen λ per (model, method, toxic count) and its headline numbers (means over
+    seeds) as metrics of the sweep's run, ``chosen/<method>/n<toxic>/...`` (with the model's
+    name when there are several), so the MLflow runs table shows the sweep's answer."""
+    c = tracking.client(uri)
+    several = len({ch.model for ch in choices}) > 1
+    for ch in choices:
+        prefix = f"chosen/{ch.model + '/' if several else ''}{ch.method}/n{ch.toxic}"
+        c.log_metric(run_id, f"{prefix}/lam", ch.trial.lam)
+        for key in HEADLINE:
+            value = ch.setting.mean(key)
+            if value is not None:
+                c.log_metric(run_id, f"{prefix}/{key}", value)
 
 
 def _log(uri: str, out: Path, parent_run_id: str | None, experiment: str | None) -> None:
@@ -80,7 +99,7 @@ def _log(uri: str, out: Path, parent_run_id: str | None, experiment: str | None)
     if run_id is None:
         exp = c.get_experiment_by_name(experiment)
         run_id = c.create_run(
-            exp.experiment_id, run_name="report", tags={"tasft.kind": "report"}
+            exp.experiment_id, run_name="report", tags={tracking.RUN_KIND_TAG: "report"}
         ).info.run_id
     c.log_artifacts(run_id, str(out), "report")
     if parent_run_id is None:

@@ -38,6 +38,7 @@ from tasft_ray.files import LOCK_FILE, output_lock
 from tasft_ray.objective import TUNE_METRIC, Objective
 from tasft_ray.report import ReportError, format_trials, plain_table, write_report
 from tasft_ray.storage import Location, location
+from tasft_ray.sweep import parent_log
 from tasft_ray.sweep.prepared import prepare
 from tasft_ray.sweep.search_log import log_search
 from tasft_ray.sweep.space import (
@@ -119,11 +120,16 @@ class SweepOutcome:
         """Each trial's last result, by trial name (Tune's order)."""
         return {n: dict(r.metrics or {}) for n, r in zip(self.status, self.results, strict=True)}
 
+    def trial_config(self, cfg: Config, name: str) -> Config:
+        """The config trial ``name`` ran with."""
+        r = dict(zip(self.status, self.results, strict=True))[name]
+        return cfg.with_overrides(trial_overrides(r.config or {}), check_files=False)
+
     def labels(self, cfg: Config) -> dict[str, str]:
         """Each trial's setting (``emd λ=4 n=100 seed=0``), by trial name."""
         out = {}
-        for name, r in zip(self.status, self.results, strict=True):
-            t = cfg.with_overrides(trial_overrides(r.config or {}), check_files=False)
+        for name in self.status:
+            t = self.trial_config(cfg, name)
             out[name] = setting_label(t.loss.method, t.loss.lam, t.data.toxic_count, t.train.seed)
         return out
 
@@ -226,6 +232,9 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
     prepared = prepare(configs + ([ref] if ref else []))
     with lock:
         parent = tracking.start_parent_run(uri, cfg, sweep)
+        every = {(d.role, d.digest): d for ds in prepared.inputs.values() for d in ds}
+        shown = sorted(every.values(), key=lambda d: d.role == "safe")  # the UI shows the first
+        tracking.log_inputs(uri, parent, shown)  # the data of all its trials
         sweep.write_text(SWEEP_CONFIG, cfg.to_yaml())
         log.info("sweep %s: results in %s, MLflow parent run %s at %s", cfg.sweep.name,
                  sweep.uri, parent, uri)  # fmt: skip
@@ -239,6 +248,8 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
             tracking.finish_run(uri, parent, status)
             raise
         outcome = _outcome(cfg, results, sweep, uri, parent)
+        parent_log.log_counts(uri, parent, outcome.status)
+        parent_log.plot_trial_curves(uri, parent)
         if outcome.unfinished or outcome.not_started:
             tracking.finish_children(uri, parent, "KILLED", set(outcome.unfinished_ids))
             tracking.finish_run(uri, parent, "KILLED")
@@ -246,6 +257,9 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
         if objective is not None:
             outcome.best = log_search(uri, parent, objective, outcome.finals(),
                                       outcome.labels(cfg), reference)  # fmt: skip
+            if outcome.best:
+                best = outcome.trial_config(cfg, outcome.best)
+                parent_log.log_best_setting(uri, parent, best.loss.lam, best.data.toxic_count)
             outcome.objective, outcome.reference = objective, reference
         if cfg.eval.in_sweep:
             _report(outcome, uri)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasft_ray.config import Config, ConfigError
+from tasft_ray.data.lineage import DataInput
 from tasft_ray.data.mixture import build_mixture
 from tasft_ray.evaluation.safety import load_eval_data
 from tasft_ray.evaluation.validation import load_validation_data
@@ -46,9 +47,13 @@ class Prepared:
     mixtures: dict[str, Any] = field(default_factory=dict)
     evals: dict[str, Any] = field(default_factory=dict)
     validations: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, list[DataInput]] = field(default_factory=dict)  # each mixture's sources
 
     def mixture(self, cfg: Config):
         return _prepared(self.mixtures, mixture_key(cfg), "training data")
+
+    def data_inputs(self, cfg: Config) -> list[DataInput]:
+        return self.inputs.get(mixture_key(cfg), [])
 
     def eval_data(self, cfg: Config):
         return self.evals.get(eval_key(cfg))
@@ -86,6 +91,7 @@ def prepare(configs: list[Config]) -> Prepared:
                 cfg.data, cfg.loss.method, tokenizers[model], cfg.train.seed, cfg.data_root
             )
             out.mixtures[key] = ray.put(mixture)
+            out.inputs[key] = mixture.inputs
         if cfg.eval.in_sweep and eval_key(cfg) not in out.evals:
             out.evals[eval_key(cfg)] = ray.put(load_eval_data(cfg))
         if cfg.eval.every and eval_key(cfg) not in out.validations:

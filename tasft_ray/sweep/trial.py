@@ -16,7 +16,12 @@ import ray
 from tasft_ray import tracking
 from tasft_ray.config import Config, setting_label
 from tasft_ray.evaluation.data import EvalData
-from tasft_ray.evaluation.safety import RESPONSES_FILE, evaluate_in_process, judge_stage
+from tasft_ray.evaluation.safety import (
+    RESPONSES_FILE,
+    evaluate_in_process,
+    judge_stage,
+    log_answers,
+)
 from tasft_ray.evaluation.validation import Validator
 from tasft_ray.files import to_jsonl, write_atomic
 from tasft_ray.storage import Location
@@ -74,6 +79,7 @@ def run_trial(
         tags["tasft.role"] = "reference"
     for key, value in tags.items():  # the MLflow UI groups and filters runs by them
         c.set_tag(run_id, key, value)
+    tracking.log_inputs(uri, run_id, prepared.data_inputs(cfg))
     validation = None
     if cfg.eval.every:
         data = ray.get(prepared.validation_data(cfg))
@@ -147,6 +153,7 @@ def _evaluate_trial(cfg: Config, result, uri: str, run_id: str, data: EvalData) 
         out = Path(cfg.train.output_dir) / where / RESPONSES_FILE
         write_atomic(out, to_jsonl(rows))
         c.log_artifact(run_id, str(out), where)
+        log_answers(uri, run_id, rows, where)
         now = int(time.time() * 1000)
         batch = [Metric(f"eval/{k}", float(v), now, step) for k, v in metrics.items()]
         c.log_batch(run_id, metrics=batch)
