@@ -244,7 +244,8 @@ class LossConfig(_Section):
         "fused",
         description="fused: logits built from the final hidden states one chunk of response "
         "positions at a time (no B x T x V tensor); reference: the model's full logits. "
-        "DeepSpeed ZeRO-3 (partitioned output layer) always uses reference.",
+        "Under DeepSpeed ZeRO-3 the partitioned output layer is gathered once per micro-batch "
+        "for the loss and released before backward (bench/RESULTS.md).",
     )
     kto_beta: float = Field(0.1, gt=0, description="KTO beta.")
     kto_desirable_weight: float = Field(1.0, ge=0, description="KTO λ_D.")

@@ -225,6 +225,7 @@ class FusedHeadStats(torch.autograd.Function):
                 auxes.append(aux)
         aux = [torch.cat(parts) for parts in zip(*auxes, strict=True)]
         ctx.save_for_backward(hidden, weight, bias, rows, targets, *extra)
+        ctx.weight_shape = weight.shape
         ctx.head, ctx.kernel, ctx.size, ctx.n_extra = head, kernel, size, len(extra)
         ctx.outputs = torch.cat(outs)
         ctx.aux = aux
@@ -244,6 +245,11 @@ class FusedHeadStats(torch.autograd.Function):
                 grad_h = torch.zeros_like(hidden)
                 grad_h.index_add_(0, rows, (ctx.jacobian * g[:, None]).to(hidden.dtype))
                 return grad_h, None, None, *none
+        if weight.shape != ctx.weight_shape:  # e.g. a ZeRO-3 shard released after forward
+            raise RuntimeError(
+                f"the output layer weight was {tuple(ctx.weight_shape)} in forward and is "
+                f"{tuple(weight.shape)} in backward: keep it whole until backward has run"
+            )
         head, size, bwd = ctx.head, ctx.size, ctx.kernel.backward
         acc = torch.promote_types(weight.dtype, torch.float32)  # dW, db summed over chunks
         grad_h = torch.zeros_like(hidden) if need_h else None

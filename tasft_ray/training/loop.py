@@ -11,6 +11,7 @@ seen: no lost or repeated steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -44,7 +45,14 @@ from tasft_ray.training.checkpoints import (
     step_dir_name,
 )
 from tasft_ray.training.engine import build_engine
-from tasft_ray.training.models import HiddenStateTap, attach_lora, embedding_matrix, load_model
+from tasft_ray.training.models import (
+    HiddenStateTap,
+    attach_lora,
+    embedding_matrix,
+    gathered,
+    is_partitioned,
+    load_model,
+)
 from tasft_ray.training.step_metrics import (
     SUMMED,
     WEIGHTS,
@@ -114,15 +122,17 @@ class TASFTTrainer:
         steps_per_epoch = self.micro_per_epoch / t.grad_accum
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
         self.embeddings = self._emd_embeddings(cfg.loss) if cfg.loss.method == "emd" else None
-        self.tap = HiddenStateTap(self.model) if self._fused(cfg) else None
+        self.tap = HiddenStateTap(self.model) if cfg.loss.impl == "fused" else None
         self.engine = build_engine(self.model, t, cfg.engine, self.total_steps, rank, world_size)
         self.step = 0
         self.run_sums: dict[str, tuple[float, float]] = {}  # term -> (weighted sum, tokens)
         self._order_cache: tuple[int, list[int]] | None = None
 
     def _emd_embeddings(self, lc) -> torch.Tensor:
-        """A copy, not a view: ZeRO-3 partitions the frozen embedding too once the engine
-        starts. The penalty only needs the expected embedding to bf16 precision when asked."""
+        """Built once per run, before the engine exists, and a copy, not a view: ZeRO-3
+        partitions the frozen embedding too once the engine starts, and gathering a V x d table
+        every step would cost an all-gather per step for a constant. The penalty only needs the
+        expected embedding to bf16 precision when asked."""
         emb = embedding_matrix(self.model, lc.emd_embedding)
         return emb.to(torch.bfloat16 if lc.emd_dtype == "bfloat16" else emb.dtype, copy=True)
 
@@ -151,13 +161,6 @@ class TASFTTrainer:
 
     # ------------------------------------------------------------------ maths
 
-    @staticmethod
-    def _fused(cfg: Config) -> bool:
-        zero3 = cfg.engine.kind == "deepspeed" and cfg.engine.zero_stage == 3
-        if cfg.loss.impl == "fused" and zero3:
-            log.warning("loss.impl=fused: ZeRO-3 partitions the output layer; using reference")
-        return cfg.loss.impl == "fused" and not zero3
-
     def _outputs(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | OutputHead:
         """Full logits (reference) or hidden states + output layer (fused)."""
         if self.tap is not None:
@@ -168,11 +171,47 @@ class TASFTTrainer:
         lc = self.cfg.loss
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         outputs = self._outputs(inputs)
-        reference = None
+        reference_outputs = None
         if lc.method == "kto":  # with LoRA the reference model is the adapter switched off
             with torch.no_grad(), self.model.disable_adapter():
+                reference_outputs = self._outputs(inputs)
+        with self._output_layer(outputs):
+            return self._loss_terms(batch, outputs, reference_outputs)
+
+    @staticmethod
+    def _output_layer(outputs: torch.Tensor | OutputHead):
+        """The output layer whole for the fused loss, once per micro-batch.
+
+        Under ZeRO-3 the model's forward released its shard of the (V, d) head (the tap only
+        asked it for one position), so the fused loss gathers it here. Once per micro-batch, not
+        per chunk: every chunk needs all V rows anyway, so per-chunk gathers would only repeat
+        the all-gather for the same peak. The frozen head's gradient w.r.t. the hidden states is
+        taken during the loss's forward (``FusedHeadStats``), so nothing needs it in backward and
+        it is released before the engine's backward and step, where DeepSpeed's own hooks run.
+        """
+        if not isinstance(outputs, OutputHead):
+            return contextlib.nullcontext()
+        layer = [p for p in (outputs.weight, outputs.bias) if p is not None]
+        if any(is_partitioned(p) and p.requires_grad for p in layer):
+            # its gradient would be computed after the release, outside DeepSpeed's hooks
+            raise ConfigError(
+                "loss.impl=fused under DeepSpeed ZeRO-3 needs a frozen output layer (LoRA); "
+                "with a trainable one set loss.impl=reference"
+            )
+        return gathered(layer)
+
+    def _loss_terms(
+        self,
+        batch: dict[str, torch.Tensor],
+        outputs: torch.Tensor | OutputHead,
+        reference_outputs: torch.Tensor | OutputHead | None,
+    ) -> LossParts:
+        lc = self.cfg.loss
+        reference = None
+        if reference_outputs is not None:
+            with torch.no_grad():
                 reference = sequence_logprobs(
-                    self._outputs(inputs), batch["labels"], chunk_size=lc.chunk_size
+                    reference_outputs, batch["labels"], chunk_size=lc.chunk_size
                 )
         return tasft_loss(
             outputs,
