@@ -39,14 +39,21 @@ def _cli(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.Completed
     )
 
 
+# A line a Ray worker printed, forwarded to the driver's stderr: "(pid=N) ..." or
+# "(MapWorker(...) pid=N) ...", possibly coloured
+RAY_WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\(\S*?\s?pid=\d+\)")
+
+
 def _one_line(proc: subprocess.CompletedProcess, prefix: str = "tasft-ray: error: ") -> str:
     """The command failed for bad input: exit code 2 and a single error line; no traceback
     through our code anywhere, the driver's or a Ray worker's (Ray's own internals may log
-    theirs: several local clusters on one machine make its placement-group cleaner complain)."""
+    theirs: several local clusters on one machine make its placement-group cleaner complain,
+    and a Ray worker still starting when the driver exits may report its own abort)."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
     assert not re.search(r'File ".*/tasft_ray/', proc.stderr), proc.stderr[-3000:]
     assert not re.search(r"tasft_ray\.[\w.]+Error: ", proc.stderr), proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    ours = [line for line in proc.stderr.splitlines() if not RAY_WORKER_LINE.match(line)]
+    errors = [line for line in ours if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith(prefix), proc.stderr[-3000:]
     return errors[0].removeprefix(prefix)
 

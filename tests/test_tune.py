@@ -317,29 +317,29 @@ def _final_adapter_loss(trial_dir: Path, cfg) -> float:
         ).total.item()
 
 
-def test_deepspeed_zero2_and_zero3_match_ddp(tmp_path):
+def test_deepspeed_zero3_through_ray_train_matches_ddp(tmp_path):
+    """ZeRO-3 (fused loss, the default) through Ray Train, crashing once: its restored run
+    matches DDP. ZeRO-2 vs ZeRO-3 is checked in-process, method by method, in
+    test_zero3_fused.py."""
     _run(
         _tune_cmd(
             tmp_path,
             "train.num_workers=2",
-            "sweep.max_concurrent_trials=3",
-            # ZeRO-3 also crashes once: its restored run must still match DDP exactly
-            "sweep.cases=[{engine.kind: ddp}, {engine.kind: deepspeed, engine.zero_stage: 2}, "
+            "sweep.max_concurrent_trials=2",
+            "sweep.cases=[{engine.kind: ddp}, "
             "{engine.kind: deepspeed, engine.zero_stage: 3, engine.fail_at_step: 3}]",
         ),
         tmp_path,
     )
     c, _, children = _runs(tmp_path)
-    assert len(children) == 3 and all(ch.info.status == "FINISHED" for ch in children)
+    assert len(children) == 2 and all(ch.info.status == "FINISHED" for ch in children)
     cfg = load_config("tiny", ["lora.dropout=0"])
     losses = {}
     for ch in children:
         kind = ch.data.params["engine.kind"], ch.data.params["engine.zero_stage"]
         trial = tmp_path / "ray" / "sweep" / f"train_{ch.data.tags[tracking.TRIAL_TAG]}"
         losses[kind] = _final_adapter_loss(trial, cfg)
-    ddp = losses[("ddp", "2")]
-    assert losses[("deepspeed", "2")] == pytest.approx(ddp, abs=1e-4)
-    assert losses[("deepspeed", "3")] == pytest.approx(ddp, abs=1e-4)
+    assert losses[("deepspeed", "3")] == pytest.approx(losses[("ddp", "2")], abs=1e-4)
     # and the shards really are DeepSpeed's
     ds3 = next(
         ch

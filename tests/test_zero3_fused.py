@@ -7,7 +7,7 @@ untied head and with a tied, soft-capped (Gemma-style) one, and across a checkpo
 
 Everything runs in one pair of spawned processes (one DeepSpeed JIT build, one rendezvous):
 a Ray Tune trial per case would cost minutes. The Ray path with a real crash under ZeRO-3 is
-``test_tune.py::test_deepspeed_zero2_and_zero3_match_ddp``, which runs the default
+``test_tune.py::test_deepspeed_zero3_through_ray_train_matches_ddp``, which runs the default
 ``loss.impl`` (fused, asserted below).
 """
 
