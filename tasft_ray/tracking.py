@@ -247,11 +247,7 @@ def finish_children(
     """End the parent's child runs that are still RUNNING, and those of ``trial_ids`` that did
     not finish (trials stopped with the sweep, whatever their own last word was)."""
     c = client(uri)
-    parent = c.get_run(parent_id)
-    runs = c.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'"
-    )
-    for run in runs:
+    for run in child_runs(uri, parent_id):
         stopped = run.data.tags.get(TRIAL_TAG) in (trial_ids or set())
         if run.info.status == "RUNNING" or (stopped and run.info.status != "FINISHED"):
             c.set_terminated(run.info.run_id, status=status)
@@ -259,7 +255,11 @@ def finish_children(
 
 def child_statuses(uri: str, parent_id: str) -> dict[str, str]:
     """Trial id -> status of each of the parent's child runs."""
+    return {r.data.tags.get(TRIAL_TAG, ""): r.info.status for r in child_runs(uri, parent_id)}
+
+
+def child_runs(uri: str, parent_id: str) -> list:
+    """The parent's child runs (MLflow ``Run`` objects)."""
     c = client(uri)
     exp = c.get_run(parent_id).info.experiment_id
-    runs = c.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
-    return {r.data.tags.get(TRIAL_TAG, ""): r.info.status for r in runs}
+    return c.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")

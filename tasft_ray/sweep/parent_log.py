@@ -45,9 +45,7 @@ def plot_trial_curves(uri: str, parent: str) -> Path | None:
     from matplotlib.figure import Figure
 
     c = tracking.client(uri)
-    exp = c.get_run(parent).info.experiment_id
-    runs = c.search_runs([exp], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent}'")
-    runs = sorted(runs, key=lambda r: r.info.run_name or "")
+    runs = sorted(tracking.child_runs(uri, parent), key=lambda r: r.info.run_name or "")
     curves: dict[str, dict[str, list]] = {key: {} for key, _ in CURVE_KEYS}
     for r in runs:
         for key, points in curves.items():
