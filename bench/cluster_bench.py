@@ -50,7 +50,7 @@ def _startup(cfg, mixture_bytes: bytes | None) -> dict[str, float]:
 
 def startup(cfg, repeats: int) -> None:
     from tasft_ray.data.mixture import build_mixture
-    from tasft_ray.training.models import load_model, load_tokenizer
+    from tasft_ray.models import load_model, load_tokenizer
 
     load_model(cfg.model)  # warm the dequantised-weights cache: both paths then load the same way
     start = time.perf_counter()

@@ -67,7 +67,7 @@ def _llama8b_shaped(path: Path, layers: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tasft_ray.training.models import build_tiny_tokenizer
+    from tasft_ray.models import build_tiny_tokenizer
 
     cfg = LlamaConfig(
         vocab_size=128256,

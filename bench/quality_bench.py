@@ -25,7 +25,7 @@ def _one(args) -> None:
     """Child process: one implementation; prints a JSON line."""
     from tasft_ray.config import ModelConfig
     from tasft_ray.evaluation.quality import continuation_lm, hf_lm, run_quality
-    from tasft_ray.training.models import load_model
+    from tasft_ray.models import load_model
 
     tok, model = load_model(ModelConfig(name=args.model))
     make = {"hflm": hf_lm, "continuation": continuation_lm}[args.impl]

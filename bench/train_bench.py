@@ -118,8 +118,8 @@ def hf_trainer(cfg_name: str, steps: int, extra: list[str]) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from tasft_ray.config import load_config
+    from tasft_ray.models import attach_lora, load_model
     from tasft_ray.training.loop import TASFTTrainer
-    from tasft_ray.training.models import attach_lora, load_model
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(

@@ -65,7 +65,7 @@ def _prepare(config: str, sets: list[str]) -> None:
     """Load the model once alone: the first load converts the GGUF (3.3 GB peak) and caches it,
     which two workers would otherwise both do at once."""
     from tasft_ray.config import load_config
-    from tasft_ray.training.models import load_model
+    from tasft_ray.models import load_model
 
     load_model(load_config(config, sets).model)
 

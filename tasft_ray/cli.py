@@ -232,7 +232,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace, overrides: list[str]) -> int:
-    from tasft_ray.sweep.driver import load_sweep_config, run_sweep, summary
+    from tasft_ray.sweep.driver import run_sweep
+    from tasft_ray.sweep.paths import load_sweep_config
+    from tasft_ray.sweep.summary import summary
 
     if args.resume and args.config:
         raise ConfigError("--resume uses the sweep's saved config; drop --config")

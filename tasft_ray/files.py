@@ -23,6 +23,14 @@ from pathlib import Path
 from tasft_ray.errors import UserError
 
 
+def cache_root(explicit: str | None = None) -> Path:
+    """Downloads and model conversions: explicit, $TASFT_CACHE_DIR, else ~/.cache/tasft_ray.
+
+    Read per call so tests can redirect it.
+    """
+    return Path(explicit or os.environ.get("TASFT_CACHE_DIR") or "~/.cache/tasft_ray").expanduser()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

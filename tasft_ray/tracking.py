@@ -100,9 +100,7 @@ def log_params(uri: str, run_id: str, cfg: Config) -> None:
     """Every config value as a param (dotted keys), in batches of MLflow's 100 limit."""
     from mlflow.entities import Param
 
-    params = [
-        Param(k, str(v)[:6000]) for k, v in sorted(flatten(cfg.model_dump(mode="json")).items())
-    ]
+    params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(cfg).items())]
     c = client(uri)
     for i in range(0, len(params), 100):
         c.log_batch(run_id, params=params[i : i + 100])

@@ -28,11 +28,19 @@ MALLOC_REUSE = {
 }
 
 
+# Set on the driver, needed where the work runs: the API keys of judges (openai-moderation,
+# AlpacaEval's judge) and of gated hub models. On a cluster the workers are other machines'
+# processes, started by their own raylets, which never saw the driver's environment.
+FORWARDED = ("OPENAI_API_KEY", "HF_TOKEN", "HF_HUB_OFFLINE")
+
+
 def worker_env(e: EngineConfig) -> dict[str, str]:
-    """Environment variables for Ray's runtime_env (``engine.cpu_malloc`` selects the allocator)."""
+    """Environment variables for Ray's runtime_env (``engine.cpu_malloc`` selects the
+    allocator), with the driver's own values of ``FORWARDED``."""
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     if e.cpu_malloc == "reuse":
         env.update(MALLOC_REUSE)
+    env.update({k: os.environ[k] for k in FORWARDED if os.environ.get(k)})
     return env
 
 

@@ -6,34 +6,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import serve_json
+from conftest import prefer_longer, serve_json
 
 from tasft_ray.config import ConfigError, SourceConfig, load_config
 from tasft_ray.data.sources import load_source
 from tasft_ray.evaluation.alpaca_eval import AlpacaEvalError, PairwiseJudge, win_rate
-
-
-def _outputs(text: str) -> tuple[str, str]:
-    a = text.split("### Output (a):\n", 1)[1].split("\n\n### Output (b):\n", 1)[0]
-    b = text.split("### Output (b):\n", 1)[1].split("\n\n### Answer", 1)[0]
-    return a, b
-
-
-def prefer_longer(seen: list[dict]):
-    """Chat endpoint: 'a' when output (a) is longer, else 'b'; '?' for instructions with UNSURE."""
-
-    def answer(path, headers, body):
-        seen.append(body)
-        text = body["messages"][-1]["content"]
-        a, b = _outputs(text)
-        letter = "?" if "UNSURE" in text else ("a" if len(a) > len(b) else "b")
-        message = {"role": "assistant", "content": letter}
-        choice = {"index": 0, "finish_reason": "stop", "message": message}
-        payload = {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-                   "choices": [choice]}  # fmt: skip
-        return 200, {}, payload
-
-    return answer
 
 
 def test_win_rate_on_a_constructed_case(monkeypatch):
@@ -53,7 +30,7 @@ def test_win_rate_on_a_constructed_case(monkeypatch):
 
 
 def test_win_rate_of_the_tiny_model(monkeypatch):
-    from tasft_ray.training.models import load_model
+    from tasft_ray.models import load_model
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     seen: list[dict] = []

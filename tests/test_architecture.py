@@ -14,10 +14,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tasft_ray"
 
 # Lowest first. A module may import its own package and anything in a lower layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("tasft_ray", "tasft_ray.errors", "tasft_ray.objective", "tasft_ray.accelerator"),
+    (
+        "tasft_ray",
+        "tasft_ray.errors",
+        "tasft_ray.objective",
+        "tasft_ray.accelerator",
+        "tasft_ray.setting",
+    ),  # fmt: skip
     ("tasft_ray.files", "tasft_ray.config"),
     ("tasft_ray.storage", "tasft_ray.losses", "tasft_ray.worker_env"),
-    ("tasft_ray.data", "tasft_ray.cluster"),
+    ("tasft_ray.data", "tasft_ray.cluster", "tasft_ray.models"),
     ("tasft_ray.tracking",),  # names the data sets runs used (data.lineage)
     ("tasft_ray.training", "tasft_ray.judges"),
     ("tasft_ray.inference", "tasft_ray.report", "tasft_ray.doctor"),
@@ -49,10 +55,14 @@ def _layer(unit: str) -> int:
     return next(i for i, layer in enumerate(LAYERS) if unit in layer)
 
 
+def _path(module: str) -> Path:
+    path = PACKAGE.parent / Path(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def _imports(module: str) -> set[str]:
     """Every tasft_ray module ``module`` imports, anywhere in its file."""
-    path = PACKAGE.parent / Path(*module.split("."))
-    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    path = _path(module)
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -108,9 +118,7 @@ def test_losses_import_neither_ray_nor_io():
     for m in MODULES:
         if _unit(m) != "tasft_ray.losses":
             continue
-        path = PACKAGE.parent / Path(*m.split("."))
-        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(_path(m).read_text())
         roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
                  for a in n.names}  # fmt: skip
         roots |= {n.module.split(".")[0] for n in ast.walk(tree)
@@ -150,3 +158,19 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "FAILED:", proc.stderr[-5000:]
+
+
+def test_no_module_over_500_lines():
+    """Small modules with one job each: a module past 500 lines is two jobs, or should be."""
+    long = {m: n for m in MODULES
+            if (n := len(_path(m).read_text().splitlines())) > 500}  # fmt: skip
+    assert not long, long
+
+
+def test_one_label_format_for_a_setting():
+    """``emd λ=4 n=100 seed=0`` is spelled by tasft_ray.setting alone."""
+    import re
+
+    spelled = [m for m in MODULES if m != "tasft_ray.setting"
+               and re.search(r"λ=\{", _path(m).read_text())]  # fmt: skip
+    assert not spelled, spelled

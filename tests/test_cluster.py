@@ -1,162 +1,39 @@
 """Sweeps on a multi-node Ray cluster with no shared filesystem (issue 20), proven on this box.
 
-One cluster of four raylets (a head and three worker nodes, one CPU each), one S3-compatible
-object store served over HTTP by a real `moto_server` process, and one real `mlflow server`
-(sqlite backend, --serve-artifacts) serve every test of this file. The worker nodes start with
-no data root and an empty cache, so a worker that tried to read data would fail; the sweep
-drivers run as the real CLI (`python -m tasft_ray.tune`) in subprocesses that join the cluster.
+The session's cluster of four raylets (a head and three worker nodes, one CPU each), its
+S3-compatible object store served over HTTP by a real `moto_server` process and its real
+`mlflow server` (conftest: ``cluster``, ``s3``, ``mlflow_url``) serve every test of this file.
+The worker nodes start with no data root and an empty cache, so a worker that tried to read
+data would fail; the sweep drivers run as the real CLI (`python -m tasft_ray.tune`) in
+subprocesses that join the cluster.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
+from conftest import (
+    AWS,
+    BUCKET,
+    TUNE_ERROR,
+    adapter_loss,
+    metric_steps,
+    sqlite_uri,
+    start_group,
+    stop_group,
+    sweep_runs,
+)
 
-from tasft_ray import tracking
-from tasft_ray.config import REPO_ROOT, load_config
-from tasft_ray.data.mixture import build_mixture, collate
-from tasft_ray.losses import tasft_loss
-from tasft_ray.training.models import attach_lora, load_model
+from tasft_ray.config import REPO_ROOT
 
-BUCKET = "tasft"
 TIMEOUT = 900
-AWS = {
-    "AWS_ACCESS_KEY_ID": "test",
-    "AWS_SECRET_ACCESS_KEY": "test",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-# A tracking server without MLflow's job runner (its worker pools take ~2 GiB and are unused)
-SERVER_ENV = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer: {log.read_text()[-3000:]}")
-
-
-def _start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A real S3-compatible server over HTTP, with the bucket the sweeps write to."""
-    import pyarrow.fs as pafs
-
-    folder = tmp_path_factory.mktemp("moto")
-    port = _port()
-    bin_dir = Path(sys.executable).parent
-    proc = _start([str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                  folder / "moto.log")  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(endpoint, proc, folder / "moto.log")
-        fs = pafs.S3FileSystem(endpoint_override=endpoint, access_key="test", secret_key="test",
-                               region="us-east-1", allow_bucket_creation=True)  # fmt: skip
-        fs.create_dir(BUCKET)
-        yield endpoint
-    finally:
-        _stop(proc)
-
-
-@contextlib.contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
-    """A real `mlflow server` on a free port with its store in ``folder``; yields its URL."""
-    port = _port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
-           "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-           "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    proc = _start(cmd, folder / "server.log", env=SERVER_ENV)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(f"{url}/health", proc, folder / "server.log", seconds=180)
-        yield url
-    finally:
-        _stop(proc)
-
-
-@pytest.fixture(scope="module")
-def mlflow_url(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A head and three worker nodes, each its own raylet with one CPU. Every node starts with
-    no TASFT_DATA_DIR and an empty data cache: a worker that read data would fail."""
-    from ray.cluster_utils import Cluster
-
-    empty = tmp_path_factory.mktemp("node_cache")
-    saved = dict(os.environ)
-    os.environ.pop("TASFT_DATA_DIR", None)
-    os.environ.update(TASFT_CACHE_DIR=str(empty), RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
-    # the nodes' `python` is this environment's, as on a cluster image with the package in it
-    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
-    try:
-        # every node's dashboard agent on a port of its own: on one machine they would all try
-        # Ray's default (52365), and the head's agent, which `ray job submit` needs, may lose
-        c = Cluster(
-            initialize_head=True,
-            connect=False,
-            head_node_args={"num_cpus": 1, "include_dashboard": True,
-                            "dashboard_port": _port(), "dashboard_host": "127.0.0.1",
-                            "dashboard_agent_listen_port": _port()},
-        )  # fmt: skip
-        # each node its own runtime-env folder, as each machine of a cluster has its own disk:
-        # shared, one node's cleanup would delete a package (a job's working dir) another uses
-        workers = [c.add_node(num_cpus=1, runtime_env_dir_name=f"runtime_resources_{i}",
-                              dashboard_agent_listen_port=_port())
-                   for i in range(3)]  # fmt: skip
-        c.wait_for_nodes()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    try:
-        yield c, workers
-    finally:
-        c.shutdown()
 
 
 def _env(tmp_path: Path, cluster, s3: str, mlflow_url: str, data: Path | None) -> dict:
@@ -193,38 +70,14 @@ def _data_copy(tmp_path: Path) -> Path:
 
 
 def _children(mlflow_url: str, sweep_name: str):
-    c = tracking.client(mlflow_url)
-    exp = c.get_experiment_by_name("tasft-ray")
-    parents = c.search_runs([exp.experiment_id], f"tags.`{tracking.SWEEP_TAG}` = '{sweep_name}'")
-    assert len(parents) == 1, [p.info.run_id for p in parents]
-    parent = parents[0]
-    kids = c.search_runs([exp.experiment_id],
-                         f"tags.`{tracking.PARENT_TAG}` = '{parent.info.run_id}'")  # fmt: skip
+    c, (parent,), kids = sweep_runs(mlflow_url, sweep_name)
     return c, parent, kids
 
 
-def _steps(c, run) -> list[int]:
-    return sorted(m.step for m in c.get_metric_history(run.info.run_id, "loss/total"))
-
-
 def _adapter_loss(c, run, tmp_path: Path) -> float:
-    """The trial's logged adapter on one fixed batch of the tiny mixture."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    local = Path(c.download_artifacts(run.info.run_id, "adapter", str(tmp_path / run.info.run_id)))
-    cfg = load_config("tiny", ["lora.dropout=0"])
-    tok, base = load_model(cfg.model, seed=cfg.train.seed)
-    model = attach_lora(base, cfg.lora)
-    set_peft_model_state_dict(model, load_file(str(local / "adapter_model.safetensors")))
-    model.eval()
-    mix = build_mixture(cfg.data, "emd", tok, seed=0)
-    batch = collate(mix, list(range(8)), tok.pad_token_id)
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        emb = model.get_input_embeddings().weight
-        parts = tasft_loss(logits, batch["labels"], batch["kinds"], method="emd", embeddings=emb)
-    return float(parts.total)
+    """The trial's logged adapter on fixed rows of the tiny mixture."""
+    local = c.download_artifacts(run.info.run_id, "adapter", str(tmp_path / run.info.run_id))
+    return adapter_loss(Path(local))
 
 
 def _node_of(cluster, node_id: str):
@@ -246,7 +99,8 @@ def test_sweep_across_nodes_survives_losing_one_with_storage_and_tracking_remote
             "eval.in_sweep=true", "eval.max_prompts=1", "eval.quality_limit=2",
             "eval.sampling.max_new_tokens=4", "generate.batch_size=8"]  # fmt: skip
     log = tmp_path / "driver.log"
-    proc = _start(_sweep_cmd("faulty", *sets), log, _env(tmp_path, cluster, s3, mlflow_url, data))
+    env = _env(tmp_path, cluster, s3, mlflow_url, data)
+    proc = start_group(_sweep_cmd("faulty", *sets), log, env)
     removed = None
     try:
         deadline = time.time() + TIMEOUT
@@ -262,7 +116,7 @@ def test_sweep_across_nodes_survives_losing_one_with_storage_and_tracking_remote
                 c, _, kids = _children(mlflow_url, "faulty")
             except (AssertionError, AttributeError):
                 continue
-            if kids and max(_steps(c, kids[0]) or [0]) >= 4:
+            if kids and max(metric_steps(c, kids[0]) or [0]) >= 4:
                 tags = c.get_run(kids[0].info.run_id).data.tags
                 nodes = tags["tasft.nodes"].split(",")
                 assert len(set(nodes)) == 2  # strict_spread: the two ranks on two nodes
@@ -273,10 +127,10 @@ def test_sweep_across_nodes_survives_losing_one_with_storage_and_tracking_remote
                 removed = victim.node_id
         assert proc.wait(timeout=TIMEOUT) == 0, log.read_text()[-4000:]
     finally:
-        _stop(proc)
+        stop_group(proc)
     c, parent, (kid,) = _children(mlflow_url, "faulty")
     assert parent.info.status == "FINISHED" and kid.info.status == "FINISHED"
-    assert _steps(c, kid) == list(range(1, 17))  # every step exactly once
+    assert metric_steps(c, kid) == list(range(1, 17))  # every step exactly once
     after = kid.data.tags["tasft.nodes"].split(",")
     assert removed not in after and len(set(after)) == 2  # restored on the nodes left
     assert "final/eval/safety/n" in kid.data.metrics  # evaluated with the driver's prompts
@@ -285,12 +139,12 @@ def test_sweep_across_nodes_survives_losing_one_with_storage_and_tracking_remote
 
     # the same sweep, nothing removed: the same final adapter
     ref_log = tmp_path / "reference.log"
-    ref = _start(_sweep_cmd("reference", *sets[:3]), ref_log,
+    ref = start_group(_sweep_cmd("reference", *sets[:3]), ref_log,
                  _env(tmp_path, cluster, s3, mlflow_url, tmp_path / "data_gone"))  # fmt: skip
     try:
         assert ref.wait(timeout=TIMEOUT) == 0, ref_log.read_text()[-4000:]
     finally:
-        _stop(ref)
+        stop_group(ref)
     c, _, (ref_kid,) = _children(mlflow_url, "reference")
     got, want = _adapter_loss(c, kid, tmp_path), _adapter_loss(c, ref_kid, tmp_path)
     assert abs(got - want) < 1e-4, (got, want)
@@ -301,7 +155,7 @@ def test_killed_driver_resumes_from_object_storage(tmp_path, cluster, s3, mlflow
     sets = ["train.max_steps=8", "train.checkpoint_every=4", "train.num_workers=1",
             "train.placement=pack", "sweep.space={loss.lam: {grid: [0, 1]}}"]  # fmt: skip
     log = tmp_path / "driver.log"
-    proc = _start(_sweep_cmd("killed", *sets), log, env)
+    proc = start_group(_sweep_cmd("killed", *sets), log, env)
     try:
         deadline, first = time.time() + TIMEOUT, None
         while time.time() < deadline and first is None:
@@ -326,18 +180,16 @@ def test_killed_driver_resumes_from_object_storage(tmp_path, cluster, s3, mlflow
     again = next(k for k in kids if k.info.run_id == first.info.run_id)
     assert again.info.end_time == first.info.end_time  # the finished trial was not rerun
     for k in kids:
-        assert k.info.status == "FINISHED" and _steps(c, k) == list(range(1, 9))
+        assert k.info.status == "FINISHED" and metric_steps(c, k) == list(range(1, 9))
 
 
-def test_unreachable_object_store_is_one_line(tmp_path, cluster, s3, mlflow_url):
-    env = _env(tmp_path, cluster, s3, mlflow_url, None)
-    env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
-    proc = subprocess.run(_sweep_cmd("nowhere"), env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    (line,) = [x for x in proc.stderr.splitlines() if "error:" in x]
-    assert line.startswith(f"tasft-ray tune: error: sweep.storage s3://{BUCKET}/sweeps: cannot "
-                           "write there")  # fmt: skip
+def test_unreachable_object_store_is_one_line(tmp_path, cli_main, monkeypatch):
+    """Checked before Ray starts: no cluster needed to see it."""
+    for key, value in {**AWS, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}.items():
+        monkeypatch.setenv(key, value)
+    args = [*_sweep_cmd("nowhere")[3:], "--set", f"tracking.uri={sqlite_uri(tmp_path)}"]
+    line = cli_main("tune", *args, prefix=TUNE_ERROR)
+    assert line.startswith(f"sweep.storage s3://{BUCKET}/sweeps: cannot write there")
 
 
 def test_doctor_checks_every_node(tmp_path, cluster, s3, mlflow_url):

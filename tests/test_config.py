@@ -95,7 +95,7 @@ def test_with_overrides_revalidates():
 
 
 def test_flatten_round_trip_keys():
-    flat = flatten(Config().model_dump(mode="json"))
+    flat = flatten(Config())
     assert flat["loss.lam"] == 1.0 and flat["lora.r"] == 8
     assert "data.safe.name" in flat
 
@@ -110,3 +110,26 @@ def test_cli_prints_one_line_error(capsys):
 def test_cli_config_prints_resolved_yaml(capsys):
     assert main(["config", "--config", "tiny", "--set", "loss.lam=0.5"]) == 0
     assert "lam: 0.5" in capsys.readouterr().out
+
+
+def test_flat_validation_keys_of_older_configs_move_into_their_section(caplog):
+    old = load_config(
+        "tiny",
+        ["train.checkpoint_every=2", "eval.every=4", "eval.validation=[advbench]",
+         "eval.validation_max_prompts=3", "eval.validation_safe=2",
+         "eval.validation_quality_limit=1"],
+    )  # fmt: skip
+    v = old.eval.validation
+    assert (v.every, v.benchmarks, v.max_prompts, v.safe, v.quality_limit) == (
+        4, ["advbench"], 3, 2, 1
+    )  # fmt: skip
+    assert "eval.every is now eval.validation.every" in caplog.text
+    with pytest.raises(ConfigError, match="eval.every and eval.validation.every both set"):
+        load_config("tiny", ["eval.every=4", "eval.validation.every=4"])
+
+
+def test_test_hooks_live_in_their_own_section():
+    assert "fail_at_step" not in Config().engine.model_dump()
+    with pytest.raises(ConfigError, match="engine.fail_at_step: unknown key"):
+        load_config("tiny", ["engine.fail_at_step=3"])
+    assert load_config("tiny", ["testing.fail_at_step=3"]).testing.fail_at_step == 3

@@ -4,13 +4,13 @@ the mixture; end to end on tiny models, with an interruption and a resume."""
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli_env, run_cli
+from conftest import sets as overrides_of
 
 from tasft_ray.config import load_config
 from tasft_ray.data.mixture import build_mixture, select_records
@@ -26,7 +26,7 @@ from tasft_ray.generation.contrastive import (
     word_zscores,
     written_prompt,
 )
-from tasft_ray.training.models import build_tiny_model, build_tiny_tokenizer
+from tasft_ray.models import build_tiny_model, build_tiny_tokenizer
 
 
 def test_word_zscores_match_the_log_odds_formula_by_hand():
@@ -121,7 +121,7 @@ def _writer(folder: Path, words: list[str], per_word: int) -> Path:
     return folder
 
 
-def _run(tmp_path: Path, writer: Path, *extra: str) -> subprocess.CompletedProcess:
+def _run(tmp_path: Path, env: dict, writer: Path, *extra: str) -> subprocess.CompletedProcess:
     sets = [
         "data.toxic_count=8",
         "generate.contrastive.per_word=2",
@@ -136,14 +136,11 @@ def _run(tmp_path: Path, writer: Path, *extra: str) -> subprocess.CompletedProce
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         *extra,
     ]
-    cmd = [sys.executable, "-m", "tasft_ray", "generate", "--contrastive", "--config", "tiny"]
-    for s in sets:
-        cmd += ["--set", s]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    args = ["tasft_ray", "generate", "--contrastive", "--config", "tiny", *overrides_of(*sets)]
+    return run_cli(args, tmp_path, env)
 
 
-def test_contrastive_pipeline_end_to_end_resumes_to_the_same_rows(tmp_path):
+def test_contrastive_pipeline_end_to_end_resumes_to_the_same_rows(tmp_path, head_env, ray_head):
     cfg = load_config("tiny", ["data.toxic_count=8"])
     sel = select_records(cfg.data, "emd", cfg.train.seed, cfg.data_root)
     safe, toxic = sel.safe, sel.related
@@ -151,10 +148,12 @@ def test_contrastive_pipeline_end_to_end_resumes_to_the_same_rows(tmp_path):
     assert len(words) == 3
     writer = _writer(tmp_path / "writer", words, per_word=2)
 
-    first = _run(tmp_path, writer, "generate.fail_after_rows=3")  # interrupted while writing
+    first = _run(
+        tmp_path, head_env, writer, "testing.fail_after_rows=3"
+    )  # interrupted while writing
     assert first.returncode == 2, first.stderr[-3000:]
     assert len(read_jsonl(tmp_path / f"contrastive.jsonl{WORK_SUFFIX}")) == 3
-    second = _run(tmp_path, writer)
+    second = _run(tmp_path, head_env, writer)
     assert second.returncode == 0, second.stderr[-3000:]
     work = read_jsonl(tmp_path / f"contrastive.jsonl{WORK_SUFFIX}")
     asks = {row_id(w, j) for w in words for j in range(2)}
@@ -176,7 +175,9 @@ def test_contrastive_pipeline_end_to_end_resumes_to_the_same_rows(tmp_path):
 
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    third = _run(fresh, writer)  # uninterrupted: the same rows, ids and order
+    third = _run(
+        fresh, cli_env(fresh, ray_head.address), writer
+    )  # uninterrupted: the same rows, ids and order
     assert third.returncode == 0, third.stderr[-3000:]
     assert read_jsonl(fresh / "contrastive.jsonl") == rows
 

@@ -1,20 +1,15 @@
-"""Evaluation breadth (issue 22): a user's own prompt file as a benchmark, several judges on the
-same answers with their agreement, and both through the real `tasft-ray evaluate`."""
+"""Evaluation breadth (issue 22): a user's own prompt file as a benchmark and several judges on
+the same answers with their agreement (both through the real `tasft-ray evaluate`:
+test_guard_judges.py)."""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import own_csv
 from sklearn.metrics import cohen_kappa_score
-from test_guard_judges import _save_guard
 
-from tasft_ray import tracking
 from tasft_ray.config import BenchmarkConfig, ConfigError, load_config
 from tasft_ray.data.benchmarks import benchmark_prompts
 from tasft_ray.data.records import DataError
@@ -43,21 +38,8 @@ def test_cohen_kappa_on_a_hand_case_and_against_sklearn():
         cohen_kappa(a, b[:2])
 
 
-def _own_csv(tmp_path: Path, n: int) -> Path:
-    """The first ``n`` AdvBench goals in a CSV of the user's layout: other column names."""
-    src = Path(ROOT) / "harmbench" / "extra_behavior_datasets" / "advbench_behaviors.csv"
-    with open(src, newline="") as f:
-        goals = [r["Behavior"] for r in csv.DictReader(f)][:n]
-    path = tmp_path / "mine.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "forbidden_prompt", "category"])
-        w.writerows([i, g, "x"] for i, g in enumerate(goals))
-    return path
-
-
 def test_own_csv_benchmark_gives_the_registry_sets_prompts_and_metrics(tmp_path):
-    path = _own_csv(tmp_path, 6)
+    path = own_csv(tmp_path, 6)
     mine = BenchmarkConfig(name="mine", path=str(path), format="csv",
                            fields={"instruction": "forbidden_prompt"})  # fmt: skip
     own = benchmark_prompts([mine], 5, ROOT, "eval.benchmarks")
@@ -83,49 +65,3 @@ def test_own_csv_benchmark_gives_the_registry_sets_prompts_and_metrics(tmp_path)
         benchmark_prompts([plain], 2, ROOT, "eval.benchmarks")
     with pytest.raises(ConfigError, match="named alike"):
         benchmark_prompts([mine, mine], 2, ROOT, "eval.benchmarks")
-
-
-def test_evaluate_with_a_guard_judge_beside_the_offline_one(tmp_path):
-    guard = _save_guard(tmp_path / "guard", "llama-guard")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mine = _own_csv(tmp_path, 4)
-    spec = f"{{name: mine, path: {mine}, format: csv, fields: {{instruction: forbidden_prompt}}}}"
-    sets = [
-        f"eval.benchmarks=[harmfulq, xstest_safe, {spec}]",
-        "eval.judges=[llama-guard]",
-        f"eval.judges_options={{llama-guard: {{model: {guard}, engine: hf, batch_size: 4}}}}",
-        "eval.quality_tasks=[]",
-        "eval.sampling.max_new_tokens=8",
-        f"eval.output_dir={tmp_path / 'eval'}",
-        f"tracking.uri={uri}",
-    ]
-    cmd = [sys.executable, "-m", "tasft_ray", "evaluate", "--config", "tiny", "--limit", "4"]
-    for s in sets:
-        cmd += ["--set", s]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "agreement/llama-guard_vs_offline/kappa" in proc.stdout
-
-    c = tracking.client(uri)
-    exp = c.get_experiment_by_name("tasft-ray")
-    (run,) = c.search_runs([exp.experiment_id], "tags.`tasft.kind` = 'evaluate'")
-    local = Path(c.download_artifacts(run.info.run_id, "eval", str(tmp_path / "dl")))
-    rows = [json.loads(x) for x in (local / "responses.jsonl").read_text().splitlines()]
-    assert len(rows) == 12 and {r["source"] for r in rows} == {"harmfulq", "xstest_safe", "mine"}
-    assert all(0.0 < r["judges"]["llama-guard"]["score"] < 1.0 for r in rows)
-    harm = [r for r in rows if r["source"] != "xstest_safe"]  # agreement: harm prompts only
-    offline = [bool(r["harmful"]) for r in harm]
-    lg = [bool(r["judges"]["llama-guard"]["harmful"]) for r in harm]
-    logged = run.data.metrics
-    assert logged["judge/offline/harmful_rate"] == pytest.approx(sum(offline) / 8)
-    assert logged["judge/llama-guard/harmful_rate"] == pytest.approx(sum(lg) / 8)
-    kappa = logged["agreement/llama-guard_vs_offline/kappa"]
-    assert kappa == pytest.approx(cohen_kappa(lg, offline))
-    assert logged["mine/n"] == 4 and "mine/harmful_rate" in logged
-
-    # a judge named twice is one line before any work
-    again = subprocess.run(cmd + ["--set", "eval.judges=[offline]"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert again.returncode == 2
-    assert "eval.judges: offline listed twice" in again.stderr.strip().splitlines()[-1]

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import serve_json
-from test_alpaca_eval import prefer_longer
+from conftest import prefer_longer, run_cli, serve_json, sets, sqlite_uri
 
 from tasft_ray import tracking
 from tasft_ray.config import ConfigError, load_config
@@ -125,19 +121,24 @@ def test_default_benchmarks_are_the_papers_518_prompts_plus_xstest():
 
 def test_validation_prompts_are_disjoint_from_the_evaluation_prompts():
     cfg = load_config("tiny").with_overrides(
-        {"eval.benchmarks": ["i_cona", "harmfulq"], "eval.validation": ["i_cona", "advbench"]}
+        {
+            "eval.benchmarks": ["i_cona", "harmfulq"],
+            "eval.validation.benchmarks": ["i_cona", "advbench"],
+        }
     )
     val = validation_prompts(cfg.eval, None)
     # i_cona is also evaluated: all 178 dropped; AdvBench shares no prompt with the eval sets
     assert len(val) == 520 and {p["source"] for p in val} == {"val/advbench"}
     seen = {(p["instruction"], p["input"]) for p in eval_prompts(cfg.eval, None)}
     assert not seen & {(p["instruction"], p["input"]) for p in val}
-    capped = cfg.with_overrides({"eval.validation_max_prompts": 7})
+    capped = cfg.with_overrides({"eval.validation.max_prompts": 7})
     assert len(validation_prompts(capped.eval, None)) == 7
-    with pytest.raises(ConfigError, match="eval.validation: .*not harm"):
-        validation_prompts(cfg.with_overrides({"eval.validation": ["xstest_safe"]}).eval, None)
-    with pytest.raises(ConfigError, match="eval.validation: unknown"):
-        validation_prompts(cfg.with_overrides({"eval.validation": ["nope"]}).eval, None)
+    with pytest.raises(ConfigError, match="eval.validation.benchmarks: .*not harm"):
+        validation_prompts(
+            cfg.with_overrides({"eval.validation.benchmarks": ["xstest_safe"]}).eval, None
+        )
+    with pytest.raises(ConfigError, match="eval.validation.benchmarks: unknown"):
+        validation_prompts(cfg.with_overrides({"eval.validation.benchmarks": ["nope"]}).eval, None)
     # pooled val/* numbers, never mixed into the reported ones
     rows = [_row("harmfulq", 0.9, True, False), _row("val/advbench", 0.8, True, False)]
     rows += [_row("val/advbench", 0.2, False, True), _row("val/harmbench", 0.5, True, False)]
@@ -149,30 +150,24 @@ def test_validation_prompts_are_disjoint_from_the_evaluation_prompts():
     assert m["safety/n"] == 1 and m["safety/n_harmful"] == 1
 
 
-def test_evaluate_tiny_model_with_adapter_logs_metrics_and_responses(tmp_path):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    train = subprocess.run(
-        [sys.executable, "-m", "tasft_ray", "train", "--config", "tiny", "--smoke-test",
-         "--set", f"train.output_dir={tmp_path / 'train'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert train.returncode == 0, train.stderr[-3000:]
+def test_evaluate_tiny_model_with_adapter_logs_metrics_and_responses(tmp_path, head_env):
+    from tasft_ray.training.local import run_training
+
+    uri = sqlite_uri(tmp_path)
+    cfg = load_config("tiny", ["train.max_steps=2", f"train.output_dir={tmp_path / 'train'}"])
+    run_training(cfg)  # an adapter to evaluate (the CLI's train path: test_train.py)
     adapter = sorted((tmp_path / "train" / "checkpoints").glob("*/adapter"))[-1]
     seen: list[dict] = []
     with serve_json(prefer_longer(seen)) as judge_url:  # AlpacaEval's judge: a local server
-        proc = subprocess.run(
-            [sys.executable, "-m", "tasft_ray", "evaluate", "--config", "tiny", "--limit", "3",
-             "--adapter", str(adapter), "--set", "eval.sampling.max_new_tokens=8",
-             "--set", "generate.batch_size=4", "--set", f"tracking.uri={uri}",
-             "--set", f"eval.output_dir={tmp_path / 'eval'}", "--set", "eval.quality_limit=3",
-             "--set", "eval.alpaca_eval.judge_model=judge-x",
-             "--set", f"eval.alpaca_eval.base_url={judge_url}",
-             "--set", "eval.alpaca_eval.max_instructions=4",
-             "--set", "eval.alpaca_eval.max_new_tokens=8"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        proc = run_cli(
+            ["tasft_ray", "evaluate", "--config", "tiny", "--limit", "3",
+             "--adapter", str(adapter), *sets("eval.sampling.max_new_tokens=8",
+             "generate.batch_size=4", f"tracking.uri={uri}",
+             f"eval.output_dir={tmp_path / 'eval'}", "eval.quality_limit=3",
+             "eval.alpaca_eval.judge_model=judge-x", f"eval.alpaca_eval.base_url={judge_url}",
+             "eval.alpaca_eval.max_instructions=4", "eval.alpaca_eval.max_new_tokens=8")],
+            tmp_path, head_env, ok=True,
         )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "xstest/safe_refusal_rate" in proc.stdout
 
     c = tracking.client(uri)
@@ -215,16 +210,3 @@ def test_evaluate_tiny_model_with_adapter_logs_metrics_and_responses(tmp_path):
     assert safety == pytest.approx(summarize(local_rows, cfg.eval.benchmarks))
     assert local_metrics["quality/mean_acc"] == pytest.approx(logged["quality/mean_acc"])
     assert local_metrics["safety/n"] == 12 and local_metrics["xstest_unsafe/n"] == 3
-
-
-def test_missing_adapter_is_one_line(tmp_path):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tasft_ray", "evaluate", "--config", "tiny",
-         "--adapter", str(tmp_path / "none")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"tasft-ray: error: eval.adapter: no such folder {tmp_path / 'none'}"
-    )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
+from conftest import sets as overrides_of
 
 from tasft_ray import tracking
 from tasft_ray.config import load_config
@@ -17,7 +17,7 @@ from tasft_ray.data.mixture import build_mixture
 from tasft_ray.files import read_jsonl as read_rows
 from tasft_ray.generation.prompts import load_prompts, prompt_id
 from tasft_ray.generation.run import MANIFEST_SUFFIX
-from tasft_ray.training.models import build_tiny_tokenizer
+from tasft_ray.models import build_tiny_tokenizer
 
 COLUMNS = {
     "id",
@@ -36,7 +36,8 @@ COLUMNS = {
 }
 
 
-def _generate(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+def _generate(tmp_path: Path, env: dict, *overrides: str) -> subprocess.CompletedProcess:
+    """`tasft-ray generate` of 40 prompts, as a subprocess on the session's Ray head."""
     sets = [
         "generate.prompts=[{name: harmfulq}]",
         "generate.max_prompts=40",
@@ -47,22 +48,20 @@ def _generate(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
         *overrides,
     ]
-    cmd = [sys.executable, "-m", "tasft_ray", "generate", "--config", "tiny"]
-    for s in sets:
-        cmd += ["--set", s]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    return run_cli(
+        ["tasft_ray", "generate", "--config", "tiny", *overrides_of(*sets)], tmp_path, env
+    )
 
 
-def test_interrupted_generation_resumes_to_exactly_every_prompt(tmp_path):
+def test_interrupted_generation_resumes_to_exactly_every_prompt(tmp_path, head_env):
     out = tmp_path / "gen.jsonl"
-    first = _generate(tmp_path, "generate.fail_after_rows=15")
+    first = _generate(tmp_path, head_env, "testing.fail_after_rows=15")
     assert first.returncode == 2, first.stderr[-3000:]
-    assert "generate.fail_after_rows: stopped after 15 rows" in first.stderr
+    assert "testing.fail_after_rows: stopped after 15 rows" in first.stderr
     partial = read_rows(out)
     assert len(partial) == 15
 
-    second = _generate(tmp_path)
+    second = _generate(tmp_path, head_env)
     assert second.returncode == 0, second.stderr[-3000:]
     rows = read_rows(out)
     ids = [r["id"] for r in rows]
@@ -123,10 +122,11 @@ def test_interrupted_generation_resumes_to_exactly_every_prompt(tmp_path):
         assert mix.counts()["harmful"] == n_harmful
 
 
-def test_target_stops_once_enough_harmful_pairs_are_kept(tmp_path):
+def test_target_stops_once_enough_harmful_pairs_are_kept(tmp_path, head_env):
     # threshold 0: every answer counts as harmful, so the target is met after ~5 rows
     proc = _generate(
         tmp_path,
+        head_env,
         "generate.target=5",
         "generate.judge_options={threshold: 0.0}",
         "generate.flush_every=1",
@@ -152,14 +152,6 @@ def test_prompt_exclusion_and_dedup():
     assert [p["id"] for p in in_order] != [p["id"] for p in prompts]
     cfg = cfg.with_overrides({"generate.exclude": [{"name": "harmfulq"}]})
     assert load_prompts(cfg.generate, cfg.data_root) == []
-
-
-def test_bad_adapter_is_one_line(tmp_path):
-    proc = _generate(tmp_path, "generate.adapter=/no/such/adapter")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "tasft-ray: error: generate.adapter: no such folder /no/such/adapter"
-    )
 
 
 def test_backend_choice_follows_the_machine():

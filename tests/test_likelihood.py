@@ -12,7 +12,7 @@ from tasft_ray.data.mixture import encode_pair
 from tasft_ray.data.sources import Example
 from tasft_ray.data.template import format_prompt
 from tasft_ray.evaluation.likelihood import likelihood_metrics, response_nll
-from tasft_ray.training.models import attach_lora, load_model
+from tasft_ray.models import attach_lora, load_model
 
 EXAMPLES = [
     Example("Give three tips for staying healthy.", "", "Eat well, sleep, exercise."),

@@ -12,8 +12,9 @@ import pytest
 
 from tasft_ray import tracking
 from tasft_ray.config import Config, load_config
-from tasft_ray.data.lineage import describe_file, describe_source
+from tasft_ray.data.lineage import describe_file
 from tasft_ray.data.mixture import select_records
+from tasft_ray.data.sources import read_source
 from tasft_ray.evaluation.safety import answers_table
 
 DATA = Path(os.environ["TASFT_DATA_DIR"])
@@ -56,7 +57,7 @@ def test_a_mixture_names_each_source_it_read_with_rows_used_and_file_digest(tmp_
 def test_a_missing_file_is_described_as_the_fallback_that_was_read(tmp_path):
     cfg = load_config("tiny", [f"data.harmful={{path: {tmp_path / 'none.jsonl'}, format: "
                                "generated, fallback: {name: jbb_jailbroken}}"])  # fmt: skip
-    got = describe_source("harmful", cfg.data.harmful, None, 16)
+    got = read_source(cfg.data.harmful, None).describe("harmful", 16)
     assert got.name == "jbb_jailbroken" and got.source_type == "local"
 
 

@@ -16,7 +16,7 @@ from tasft_ray.data.mixture import (
 )
 from tasft_ray.data.template import format_prompt
 from tasft_ray.losses import HARMFUL, IGNORE_INDEX, SAFE
-from tasft_ray.training.models import build_tiny_tokenizer
+from tasft_ray.models import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_cluster import mlflow_server
-from test_report import check_png
+from conftest import check_png, cli_env, run_cli, sets
 
 from tasft_ray import tracking
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TRIALS = ("emd λ=1 n=6 seed=0", "sft n=6 seed=0")
+EXPERIMENT = "ui"  # its own: the session's server may hold other tests' runs
 # The runs table is an ag-grid: the pinned Run Name cells and the other cells of a row are
 # separate row elements, in no particular DOM order; row-index joins them.
 ROWS_JS = """() => {
@@ -36,42 +34,31 @@ ROWS_JS = """() => {
 }"""
 
 
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
-    return proc
-
-
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A server holding one generate run and a 2-trial sweep trained on its output; yields its
-    URL and the generated file."""
+def store(tmp_path_factory, mlflow_url, ray_head):
+    """The session's server holding one generate run and a 2-trial sweep trained on its
+    output, both run on the session's Ray head; yields its URL and the generated file."""
     folder = tmp_path_factory.mktemp("ui")
-    with mlflow_server(folder) as url:
-        gen = folder / "gen.jsonl"
-        generate = [f"tracking.uri={url}", "generate.prompts=[{name: harmfulq}]",
-                    "generate.max_prompts=6", "generate.batch_size=6",
-                    "generate.sampling.max_new_tokens=6", f"generate.output={gen}",
-                    "generate.judge_options={threshold: 0.0}"]  # fmt: skip
-        _cli(["tasft_ray", "generate", "--config", "tiny", *_sets(generate)], folder)
-        sweep = [f"tracking.uri={url}", f"sweep.storage={folder / 'ray'}", "train.max_steps=2",
-                 "train.checkpoint_every=2", f"data.harmful={{path: {gen}, format: generated}}",
-                 "data.toxic_count=6", "sweep.max_concurrent_trials=2",
-                 "sweep.cases=[{loss.method: sft, loss.lam: 0}, {loss.lam: 1}]"]  # fmt: skip
-        _cli(["tasft_ray.tune", "--config", "tiny", *_sets(sweep)], folder)
-        yield url, gen
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [x for o in overrides for x in ("--set", o)]
+    env = cli_env(folder, ray_head.address)
+    gen = folder / "gen.jsonl"
+    where = [f"tracking.uri={mlflow_url}", f"tracking.experiment={EXPERIMENT}"]
+    generate = [*where, "generate.prompts=[{name: harmfulq}]",
+                "generate.max_prompts=6", "generate.batch_size=6",
+                "generate.sampling.max_new_tokens=6", f"generate.output={gen}",
+                "generate.judge_options={threshold: 0.0}"]  # fmt: skip
+    run_cli(["tasft_ray", "generate", "--config", "tiny", *sets(*generate)], folder, env, ok=True)
+    sweep = [*where, f"sweep.storage={folder / 'ray'}", "train.max_steps=2",
+             "train.checkpoint_every=2", f"data.harmful={{path: {gen}, format: generated}}",
+             "data.toxic_count=6", "sweep.max_concurrent_trials=2",
+             "sweep.cases=[{loss.method: sft, loss.lam: 0}, {loss.lam: 1}]"]  # fmt: skip
+    run_cli(["tasft_ray.tune", "--config", "tiny", *sets(*sweep)], folder, env, ok=True)
+    yield mlflow_url, gen
 
 
 def test_generated_data_carries_one_digest_from_generate_to_training(store):
     url, gen = store
     c = tracking.client(url)
-    exp = c.get_experiment_by_name("tasft-ray")
+    exp = c.get_experiment_by_name(EXPERIMENT)
     assert exp.tags[tracking.KIND_TAG] == tracking.TRAINING_KIND
     runs = {r.info.run_name: r for r in c.search_runs([exp.experiment_id])}
     digest = hashlib.sha256(gen.read_bytes()).hexdigest()[:16]
@@ -101,7 +88,7 @@ def test_runs_page_in_a_browser_lists_trials_by_setting_under_their_sweep(store,
 
     assert CHROMIUM, "no chromium on PATH: apt-get install chromium (as .ci/run does)"
     url, gen = store
-    exp = tracking.client(url).get_experiment_by_name("tasft-ray").experiment_id
+    exp = tracking.client(url).get_experiment_by_name(EXPERIMENT).experiment_id
     shot = Path(os.environ.get("TASFT_UI_SCREENSHOT") or tmp_path / "runs.png")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

@@ -12,7 +12,7 @@ from tasft_ray.config import LoraConfig, ModelConfig
 from tasft_ray.data.mixture import collate, tokenize_examples
 from tasft_ray.data.sources import Example
 from tasft_ray.losses import SAFE, emd_loss, sft_loss
-from tasft_ray.training.models import ModelError, attach_lora, embedding_matrix, load_model
+from tasft_ray.models import ModelError, attach_lora, embedding_matrix, load_model
 
 
 def test_tiny_model_is_seeded_and_gets_lora():

@@ -15,7 +15,7 @@ from tasft_ray.evaluation.quality import (
     run_quality,
     write_docs,
 )
-from tasft_ray.training.models import load_model
+from tasft_ray.models import load_model
 
 TASKS = list(QUALITY_TASKS)
 

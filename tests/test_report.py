@@ -11,7 +11,7 @@ import json
 import math
 
 import pytest
-from PIL import Image
+from conftest import check_png, md_table
 
 from tasft_ray import tracking
 from tasft_ray.cli import main as cli_main
@@ -24,30 +24,10 @@ from tasft_ray.report import (
     Trial,
     best_lambda,
     load_trials,
-    settings,
+    seed_groups,
     write_report,
 )
 from tasft_ray.sweep.space import trial_overrides
-
-
-def md_table(md: str, heading: str) -> list[dict[str, str]]:
-    """The first markdown table after ``heading``, as dicts keyed by its header cells."""
-    lines = md[md.index(heading) :].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
-    rows = []
-    for line in lines[start:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    header, body = rows[0], rows[2:]
-    return [dict(zip(header, r, strict=True)) for r in body]
-
-
-def check_png(path) -> None:
-    with Image.open(path) as im:
-        im.verify()  # raises on a truncated or non-PNG file
-    with Image.open(path) as im:
-        assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
 
 
 def _trial(
@@ -144,8 +124,8 @@ def test_lambda_is_shown_only_for_the_penalty_methods():
              for m in ("sft", "emd", "nlcl", "stl", "kto")}  # fmt: skip
     assert shown == {
         "sft": ("–", "sft n=100"),
-        "emd": ("4", "emd n=100 λ=4"),
-        "nlcl": ("4", "nlcl n=100 λ=4"),
+        "emd": ("4", "emd λ=4 n=100"),
+        "nlcl": ("4", "nlcl λ=4 n=100"),
         "stl": ("–", "stl n=100"),
         "kto": ("–", "kto n=100"),
     }
@@ -226,8 +206,8 @@ def test_report_of_a_two_trial_sweep_matches_mlflow(tmp_path, capsys):
         assert float(nll[method]["harmful (n=50)"]) == pytest.approx(m["nll/harmful"], abs=5e-5)
         assert float(nll[method]["refusal (n=–)"]) == pytest.approx(m["nll/refusal"], abs=5e-5)
     grid = {r["benchmark"]: r for r in md_table(md, ": at the chosen λ")}  # paper layout
-    assert grid["i_malicious"]["sft n=100"] == "7" and grid["i_malicious"]["emd n=100 λ=2"] == "1"
-    assert grid["paper total"]["emd n=100 λ=2"] == "1"
+    assert grid["i_malicious"]["sft n=100"] == "7" and grid["i_malicious"]["emd λ=2 n=100"] == "1"
+    assert grid["paper total"]["emd λ=2 n=100"] == "1"
     refusal = {r["method"]: r for r in md_table(md, "## Over-refusal")}
     quality = {r["method"]: r for r in md_table(md, "## Table 1")}
     for method, m in finals.items():
@@ -308,7 +288,7 @@ def test_report_of_a_seed_sweep_averages_each_lambda_over_its_seeds(tmp_path):
     assert chosen["validation"] == "4.5/30" and "means over seeds" in chosen["why"]
     grid = {r["benchmark"]: r for r in md_table(md, ": at the chosen λ")}
     assert grid["harmfulq"] == {
-        "benchmark": "harmfulq", "sft n=100 (2 seeds)": "11.5", "emd n=100 λ=4 (2 seeds)": "3.5"
+        "benchmark": "harmfulq", "sft n=100 (2 seeds)": "11.5", "emd λ=4 n=100 (2 seeds)": "3.5"
     }  # fmt: skip
     report = json.loads((out / REPORT_JSON).read_text())
     assert sorted(t["seed"] for t in report["trials"]) == [0, 0, 0, 1, 1, 1, 2]
@@ -338,7 +318,7 @@ def test_trials_of_a_seed_sweep_differ_only_in_their_seed(tmp_path):
         run = tracking.child_run(uri, cfg, parent, f"t{i}", f"trial_{i}")
         c.log_metric(run, "final/eval/safety/n_harmful", i)
     trials, _ = load_trials(uri, parent)
-    assert [(s.first.lam, s.seeds) for s in settings(trials)] == [(4.0, "0, 1"), (16.0, "0, 1")]
+    assert [(s.first.lam, s.seeds) for s in seed_groups(trials)] == [(4.0, "0, 1"), (16.0, "0, 1")]
     assert all(t.seeded for t in trials)
 
 

@@ -5,15 +5,21 @@ with the report. The sweeps run the real CLI on the tiny model (configs/tiny-sea
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from test_tune import SWEEP_TIMEOUT, _env
+from conftest import (
+    SWEEP_TIMEOUT,
+    check_png,
+    run_cli,
+    sqlite_uri,
+    start_group,
+    stop_group,
+    sweep_runs,
+    wait_for,
+)
 
 from tasft_ray import tracking
 from tasft_ray.config import ConfigError, load_config
@@ -107,7 +113,7 @@ def test_a_training_loss_cannot_rank_trials_with_different_lambda():
     with pytest.raises(ConfigError, match="sweep.objective needs validation during training"):
         load_config("tiny", ["sweep.objective={minimize: val/harm_score}"])
     with pytest.raises(ConfigError, match="must be a multiple of train.checkpoint_every"):
-        load_config("tiny-search", ["eval.every=3"])
+        load_config("tiny-search", ["eval.validation.every=3"])
     cfg = load_config("tiny-search")
     assert cfg.sweep.objective.build().needs_reference
 
@@ -115,59 +121,82 @@ def test_a_training_loss_cannot_rank_trials_with_different_lambda():
 # ----------------------------------------------------------------------------- sweeps
 
 
-def _search_cmd(tmp_path: Path, *sets: str) -> list[str]:
-    cmd = [sys.executable, "-m", "tasft_ray.tune", "--config", "tiny-search"]
-    for s in (f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+def _search_args(tmp_path: Path, *sets: str) -> list[str]:
+    args = ["tasft_ray.tune", "--config", "tiny-search"]
+    for s in (f"tracking.uri={sqlite_uri(tmp_path)}",
               f"sweep.storage={tmp_path / 'ray'}", "train.max_steps=6", *sets):  # fmt: skip
-        cmd += ["--set", s]
-    return cmd
+        args += ["--set", s]
+    return args
 
 
 def _runs(tmp_path: Path, sweep: str):
-    c = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = c.get_experiment_by_name("tasft-ray")
-    (parent,) = c.search_runs([exp.experiment_id], f"tags.`{tracking.SWEEP_TAG}` = '{sweep}'")
-    kids = c.search_runs(
-        [exp.experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{parent.info.run_id}'"
-    )
+    c, (parent,), kids = sweep_runs(sqlite_uri(tmp_path), sweep)
     return c, parent, kids
 
 
-def test_adaptive_search_validates_in_training_and_stops_by_the_objective(tmp_path):
-    proc = subprocess.run(
-        _search_cmd(tmp_path, "sweep.num_samples=3"),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=SWEEP_TIMEOUT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def test_adaptive_search_killed_and_resumed_validates_and_stops_by_the_objective(
+    tmp_path, head_env
+):
+    """Optuna over λ with ASHA on the objective and an SFT reference for the *_vs_sft bound,
+    validated in training; the driver SIGKILLed once a trial has finished, then --resume: the
+    reference and the finished trial are not rerun, the search spends its remaining budget."""
+    args = _search_args(tmp_path, "sweep.num_samples=2")
+    log = tmp_path / "driver.log"
+    proc = start_group([sys.executable, "-m", *args], log, head_env, cwd=tmp_path)
+    marker = tmp_path / "ray" / "tiny-search" / "mlflow_parent_run_id"
+
+    def finished_trial():
+        if not marker.exists():  # the driver has not made its store and parent run yet
+            return None
+        _, _, kids = _runs(tmp_path, "tiny-search")
+        done = [k for k in kids if k.info.status == "FINISHED"]
+        trials = [k for k in done if k.data.tags.get("tasft.role") != "reference"]
+        return (done, trials[0]) if trials else None
+
+    try:
+        before, first = wait_for(finished_trial, SWEEP_TIMEOUT, proc, log, every=1.0)
+    finally:
+        stop_group(proc, signal.SIGKILL)
+    resume = ["tasft_ray.tune", "--resume", str(tmp_path / "ray" / "tiny-search")]
+    proc = run_cli(resume, tmp_path, head_env, ok=True)
+
     c, parent, kids = _runs(tmp_path, "tiny-search")
     ref = [k for k in kids if k.data.tags.get("tasft.role") == "reference"]
     trials = [k for k in kids if k.data.tags.get("tasft.role") != "reference"]
-    assert len(ref) == 1 and ref[0].data.params["loss.method"] == "sft" and len(trials) == 3
+    assert len(ref) == 1 and ref[0].data.params["loss.method"] == "sft" and len(trials) == 2
+    for done in before:  # finished before the kill: not rerun
+        again = next(k for k in kids if k.info.run_id == done.info.run_id)
+        assert again.info.end_time == done.info.end_time, again.info.run_name
+    assert first.info.run_id in {k.info.run_id for k in trials}
     for k in trials:
         assert k.info.run_name.startswith("emd λ=") and k.info.run_name.endswith(" n=16 seed=0")
         steps = sorted(m.step for m in c.get_metric_history(k.info.run_id, "val/harm_score"))
         assert steps[:3] == [0, 2, 4]  # before training, then at every checkpoint
+        assert len(steps) == len(set(steps))  # each once, restarts or not
         assert c.get_metric_history(k.info.run_id, "val/seconds")  # the cost of each
         for key in ("val/quality", "val/safe_refusal_rate", "val/degenerate_rate"):
             assert c.get_metric_history(k.info.run_id, key), key
-    # ASHA's rung is step 4: a trial stopped there had the worst objective at that rung of the
-    # trials that had reached it — the objective, not the training loss, decided
-    at4 = {k.info.run_id: _at(c, k, "objective", 4) for k in trials}
+    # ASHA's rung is step 4: a trial stopped there had an objective no better than one an
+    # earlier trial had at or past that rung — the objective, not the training loss, decided.
+    # (At or past: ASHA records a trial's first result at or after the rung, and a trial
+    # restored by --resume from its last checkpoint first reports past it.)
     stopped = [k for k in trials if max(m.step for m in
                c.get_metric_history(k.info.run_id, "loss/total")) < 6]  # fmt: skip
     for k in stopped:
-        earlier = [at4[o.info.run_id] for o in trials if o.info.start_time < k.info.start_time]
-        assert earlier and at4[k.info.run_id] >= min(earlier)
+        before_k = [o for o in trials if o.info.start_time < k.info.start_time]
+        history = [c.get_metric_history(o.info.run_id, "objective") for o in before_k]
+        earlier = [m.value for h in history for m in h if m.step >= 4]
+        assert earlier and _at(c, k, "objective", 4) >= min(earlier)
     # a trial run to its last step is not stopped there: it finishes (final metrics, adapter);
     # one stopped early is closed as KILLED, none left RUNNING
-    c, parent, kids = _runs(tmp_path, "tiny-search")
     early = {k.info.run_id for k in stopped}
     for k in kids:
         expected = "KILLED" if k.info.run_id in early else "FINISHED"
         assert k.info.status == expected, k.info.run_name
+    assert parent.info.status == "FINISHED"
     assert parent.data.tags["tasft.objective"].startswith("minimise val/harm_score subject to")
     history = c.get_metric_history(parent.info.run_id, "search/objective")
-    assert len(history) == 3 and "best/val/harm_score" in parent.data.metrics
+    assert len(history) == 2 and "best/val/harm_score" in parent.data.metrics
     assert parent.data.tags["tasft.best_trial"].startswith("emd λ=")
     assert "reference/val/quality" in parent.data.metrics
     out = proc.stdout
@@ -178,47 +207,45 @@ def _at(c, run, key: str, step: int) -> float:
     return next(m.value for m in c.get_metric_history(run.info.run_id, key) if m.step == step)
 
 
-def test_interrupted_pareto_search_resumes_its_remaining_budget(tmp_path):
-    pareto = ("sweep.objective={minimize: val/harm_score, pareto: {val/harm_score: min, "
-              "val/quality: max}, constraints: {val/degenerate_rate: {max: 1.0}}}")  # fmt: skip
-    cmd = _search_cmd(tmp_path, pareto, "sweep.scheduler=none", "sweep.num_samples=2",
-                      "train.max_steps=4")  # fmt: skip
-    log = open(tmp_path / "driver.log", "w")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        deadline, first = time.time() + SWEEP_TIMEOUT, None
-        marker = tmp_path / "ray" / "tiny-search" / "mlflow_parent_run_id"
-        while time.time() < deadline and first is None:
-            time.sleep(2)
-            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            if not marker.exists():  # the driver has not made its store and parent run yet
-                continue
-            c, _, kids = _runs(tmp_path, "tiny-search")
-            first = next((k for k in kids if k.info.status == "FINISHED"), None)
-        assert first is not None
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "tasft_ray.tune", "--resume", str(tmp_path / "ray" / "tiny-search")],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=SWEEP_TIMEOUT,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    c, parent, kids = _runs(tmp_path, "tiny-search")
-    assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)  # no reference:
-    again = next(k for k in kids if k.info.run_id == first.info.run_id)  # no *_vs_sft bound
-    assert again.info.end_time == first.info.end_time  # the finished trial was not rerun
-    local = Path(c.download_artifacts(parent.info.run_id, "search", str(tmp_path / "dl")))
+def test_a_pareto_search_is_multi_objective_and_logs_its_front(tmp_path):
+    """The searcher of a Pareto objective is Optuna's multi-objective one; the parent run gets
+    the front of the feasible trials (none dominated by another) as a table, JSON and a plot."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tasft_ray.sweep.search_log import log_search
+    from tasft_ray.sweep.space import search_alg
+
+    pareto = {"val/harm_score": "min", "val/quality": "max"}
+    cfg = load_config("tiny-search", [
+        f"sweep.objective={{minimize: val/harm_score, pareto: {json.dumps(pareto)}, "
+        "constraints: {val/degenerate_rate: {max: 0.5}}}", "sweep.scheduler=none"])  # fmt: skip
+    searcher = search_alg(cfg.sweep, cfg.train.seed).searcher
+    assert isinstance(searcher, OptunaSearch)
+    assert searcher._metric == list(pareto) and searcher._mode == list(pareto.values())
+    finals = {  # a dominated by b; d breaks the constraint; b, c, e trade off
+        "a": {"val/harm_score": 0.5, "val/quality": 0.5, "val/degenerate_rate": 0.0},
+        "b": {"val/harm_score": 0.4, "val/quality": 0.6, "val/degenerate_rate": 0.0},
+        "c": {"val/harm_score": 0.2, "val/quality": 0.4, "val/degenerate_rate": 0.1},
+        "d": {"val/harm_score": 0.0, "val/quality": 0.9, "val/degenerate_rate": 0.9},
+        "e": {"val/harm_score": 0.6, "val/quality": 0.7, "val/degenerate_rate": 0.0},
+    }
+    uri = sqlite_uri(tmp_path)
+    exp = tracking.ensure_experiment(uri, "x")
+    parent = tracking.client(uri).create_run(exp).info.run_id
+    objective = cfg.sweep.objective.build()
+    best = log_search(uri, parent, objective, finals, {k: f"emd λ={k}" for k in finals}, None)
+    assert best == "c"  # the lowest harm score among the feasible
+    c = tracking.client(uri)
+    local = Path(c.download_artifacts(parent, "search", str(tmp_path / "dl")))
     front = json.loads((local / "pareto.json").read_text())
-    assert front and (local / "pareto.png").stat().st_size > 0
-    pts = [(p["trial"], p) for p in front]
-    dirs = {"val/harm_score": "min", "val/quality": "max"}
-    assert sorted(pareto_front(pts, dirs)) == sorted(k for k, _ in pts)  # none dominates another
+    assert sorted(p["trial"] for p in front) == ["b", "c", "e"]
+    assert front[0]["label"].startswith("emd λ=")
+    assert c.get_run(parent).data.metrics["search/pareto_size"] == 3
+    check_png(local / "pareto.png")
+    assert "Pareto front" in (local / "pareto.md").read_text()
 
 
-def test_toxic_count_search_bisects_to_the_smallest_count(tmp_path):
+def test_toxic_count_search_bisects_to_the_smallest_count(tmp_path, head_env):
     sets = (
         "sweep.toxic_search={counts: [4, 8, 16], target: 1.0}",
         "sweep.objective={minimize: val/harm_score}",
@@ -228,11 +255,7 @@ def test_toxic_count_search_bisects_to_the_smallest_count(tmp_path):
         "sweep.num_samples=1",
         "train.max_steps=2",
     )
-    proc = subprocess.run(
-        _search_cmd(tmp_path, *sets),
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=SWEEP_TIMEOUT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_cli(_search_args(tmp_path, *sets), tmp_path, head_env, ok=True)
     lines = proc.stdout.strip().splitlines()[-3:]
     assert lines[0].startswith("n=4: best emd λ=2 n=4 seed=0, val/harm_score ")
     assert lines[1].startswith("n=8: best emd λ=2 n=8 seed=0") and "reaches ≤ 1" in lines[1]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tasft_ray.config import REPO_ROOT, load_config
+from tasft_ray.config import load_config
 from tasft_ray.data.mixture import collate
 from tasft_ray.losses import HARMFUL, SAFE, sequence_logprobs
 from tasft_ray.training.checkpoints import list_checkpoints
@@ -143,28 +141,12 @@ def test_toxic_count_larger_than_available_is_one_line(tmp_path):
         TASFTTrainer(_cfg(tmp_path, "data.toxic_count=100000"))
 
 
-def test_cli_train_smoke_test(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tasft_ray",
-            "train",
-            "--config",
-            "tiny",
-            "--smoke-test",
-            "--set",
-            f"train.output_dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "trained 2 steps" in proc.stdout
-    assert (tmp_path / "checkpoints" / "step_000002" / "adapter").is_dir()
-    assert (tmp_path / "config.yaml").is_file()
+def test_cli_train_smoke_test(tmp_path, cli_main):
+    out = cli_main.ok("train", "--config", "tiny", "--smoke-test",
+                      "--set", f"train.output_dir={tmp_path / 'out'}")  # fmt: skip
+    assert "trained 2 steps" in out
+    assert (tmp_path / "out" / "checkpoints" / "step_000002" / "adapter").is_dir()
+    assert (tmp_path / "out" / "config.yaml").is_file()
 
 
 def test_emd_dtype_bfloat16_trains_on_a_bf16_copy_of_the_cost_embeddings(tmp_path):

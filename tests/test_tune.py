@@ -1,7 +1,8 @@
-"""Ray Tune over Ray Train with MLflow, on the tiny model and real local Ray clusters.
+"""Ray Tune over Ray Train with MLflow, on the tiny model and the session's Ray head.
 
-Each sweep runs as the real CLI (`python -m tasft_ray.tune`) in a subprocess with its own local
-Ray, so the tests exercise exactly what users run; results are read back from the sqlite MLflow.
+Each sweep runs as the real CLI (`python -m tasft_ray.tune`) in a subprocess that joins the
+session's Ray head (conftest ``ray_head``), so the tests exercise exactly what users run;
+results are read back from the sqlite MLflow.
 """
 
 from __future__ import annotations
@@ -9,81 +10,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import torch
-from test_report import check_png, md_table
+from conftest import (
+    adapter_loss,
+    check_png,
+    md_table,
+    metric_steps,
+    run_cli,
+    sqlite_uri,
+    sweep_runs,
+    tune_args,
+)
 
 from tasft_ray import tracking
 from tasft_ray.cluster import logical_cpus
-from tasft_ray.config import REPO_ROOT, ConfigError, load_config
-from tasft_ray.data.mixture import build_mixture, collate
-from tasft_ray.losses import tasft_loss
+from tasft_ray.config import ConfigError, load_config
 from tasft_ray.sweep.space import param_space, trial_overrides
-from tasft_ray.training.models import attach_lora, load_model
-
-SWEEP_TIMEOUT = 900
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["RAY_TMPDIR"] = "/tmp"  # short socket paths
-    # everything else the driver and its Ray workers stage goes here, where a test can see it
-    env["TMPDIR"] = str(_scratch(tmp_path))
-    return env
-
-
-def _scratch(tmp_path: Path) -> Path:
-    path = tmp_path / "tmp"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-def _tune_cmd(tmp_path: Path, *overrides: str) -> list[str]:
-    sets = [
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        f"sweep.storage={tmp_path / 'ray'}",
-        "train.max_steps=4",
-        "train.checkpoint_every=2",
-        "lora.dropout=0",
-        *overrides,
-    ]
-    cmd = [sys.executable, "-m", "tasft_ray.tune", "--config", "tiny"]
-    for s in sets:
-        cmd += ["--set", s]
-    return cmd
-
-
-def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        cmd,
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=SWEEP_TIMEOUT,
-    )
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
-    return proc
-
-
-def _runs(tmp_path: Path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    c = tracking.client(uri)
-    exp = c.get_experiment_by_name("tasft-ray")
-    runs = c.search_runs([exp.experiment_id])
-    parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
-    children = [r for r in runs if tracking.PARENT_TAG in r.data.tags]
-    return c, parents, children
 
 
 def _inputs(c, run) -> list:
@@ -96,10 +42,6 @@ def _tags(dataset_input) -> dict[str, str]:
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _steps(c, run) -> list[int]:
-    return sorted(m.step for m in c.get_metric_history(run.info.run_id, "loss/total"))
 
 
 # ----------------------------------------------------------------------------- unit level
@@ -140,29 +82,11 @@ def test_logical_cpus_never_deadlock():
     assert logical_cpus(cfg) == 6
 
 
-def test_unreachable_tracking_server_fails_fast(tmp_path):
+def test_unreachable_tracking_server_fails_fast(cli_main):
     start = time.perf_counter()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tasft_ray.tune",
-            "--config",
-            "tiny",
-            "--set",
-            "tracking.uri=http://127.0.0.1:9",
-            "--set",
-            f"sweep.storage={tmp_path}",
-        ],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    err = proc.stderr.strip().splitlines()[-1]
-    assert "tracking.uri http://127.0.0.1:9: MLflow server unreachable" in err
+    line = cli_main("tune", "--config", "tiny", "--set", "tracking.uri=http://127.0.0.1:9",
+                    prefix="tasft-ray tune: error: ")  # fmt: skip
+    assert line.startswith("tracking.uri http://127.0.0.1:9: MLflow server unreachable")
     assert time.perf_counter() - start < 60
 
 
@@ -186,37 +110,48 @@ def test_step_logger_skips_steps_already_logged(tmp_path):
 # ----------------------------------------------------------------------------- sweeps
 
 
-def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_path):
-    """SFT vs EMD λ=1 × a 2-worker DDP TorchTrainer; the EMD trial's rank 0 crashes once.
-    Each trial evaluates both its checkpoints; the sweep writes its report."""
-    proc = _run(
-        _tune_cmd(
+def test_grid_of_engines_and_methods_with_crashes_evaluation_and_report(tmp_path, head_env,
+                                                                       ray_head):  # fmt: skip
+    """Three trials of a 2-worker TorchTrainer, two at a time: SFT on DDP, SFT on DeepSpeed
+    ZeRO-3 (the fused loss, its default) and EMD λ=1 on DDP, the last two crashing once at
+    step 3 and restoring from their checkpoints. ZeRO-3's restored run ends with DDP's adapter
+    (ZeRO-2 vs ZeRO-3 method by method is checked in-process, test_zero3_fused.py). Each trial
+    evaluates both its checkpoints; the sweep writes its report."""
+    proc = run_cli(
+        tune_args(
             tmp_path,
             "train.num_workers=2",
             "engine.kind=ddp",
             "sweep.max_concurrent_trials=2",
-            "sweep.cases=[{loss.method: sft, loss.lam: 0}, {loss.lam: 1, engine.fail_at_step: 3}]",
+            "sweep.cases=[{loss.method: sft, loss.lam: 0}, {loss.method: sft, loss.lam: 0, "
+            "engine.kind: deepspeed, engine.zero_stage: 3, testing.fail_at_step: 3}, "
+            "{loss.lam: 1, testing.fail_at_step: 3}]",
             "eval.in_sweep=true",
             "eval.checkpoints=all",
             "eval.max_prompts=2",
             "eval.benchmarks=[i_malicious, xstest_safe]",
-            "eval.validation=[advbench]",
-            "eval.validation_max_prompts=2",
+            "eval.validation.benchmarks=[advbench]",
+            "eval.validation.max_prompts=2",
             "eval.sampling.max_new_tokens=6",
             "eval.quality_tasks=[boolq]",
             "eval.quality_limit=3",
         ),
         tmp_path,
+        head_env,
+        ok=True,
     )
-    c, parents, children = _runs(tmp_path)
-    assert len(parents) == 1 and len(children) == 2
+    c, parents, children = sweep_runs(sqlite_uri(tmp_path))
+    assert len(parents) == 1 and len(children) == 3
     assert all(ch.data.tags[tracking.PARENT_TAG] == parents[0].info.run_id for ch in children)
-    assert sorted(ch.data.params["loss.lam"] for ch in children) == ["0.0", "1.0"]
+    engine = {ch.info.run_id: ch.data.params["engine.kind"] for ch in children}
+    assert sorted((ch.data.params["loss.method"], engine[ch.info.run_id]) for ch in children) == [
+        ("emd", "ddp"), ("sft", "ddp"), ("sft", "deepspeed")
+    ]  # fmt: skip
     for ch in children:
         assert ch.info.status == "FINISHED"
         assert ch.data.params["train.num_workers"] == "2"
-        # continuous, none repeated: the crashed trial re-ran step 3 but logged it once
-        assert _steps(c, ch) == [1, 2, 3, 4]
+        # continuous, none repeated: the crashed trials re-ran step 3 but logged it once
+        assert metric_steps(c, ch) == [1, 2, 3, 4]
         adapter = [a.path for a in c.list_artifacts(ch.info.run_id, "adapter")]
         assert "adapter/adapter_model.safetensors" in adapter
         # in-sweep evaluation of the final adapter: metrics and the responses table
@@ -234,8 +169,7 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
             r["harmful"] for r in rows if r["source"] == "val/advbench"
         )
         # eval.checkpoints=all: both kept checkpoints (steps 2 and 4) evaluated, by step
-        curve = c.get_metric_history(ch.info.run_id, "eval/safety/harm_score")
-        assert sorted(x.step for x in curve) == [2, 4]
+        assert metric_steps(c, ch, "eval/safety/harm_score") == [2, 4]
         assert "eval/step_2/responses.jsonl" in {
             a.path for a in c.list_artifacts(ch.info.run_id, "eval/step_2")
         }
@@ -271,273 +205,42 @@ def test_lambda_grid_over_two_ddp_workers_with_mlflow_and_a_worker_failure(tmp_p
     assert "report/report.md" in {a.path for a in c.list_artifacts(parent, "report")}
     for png in ("fig2_harm_vs_step.png", "fig3_refusal_vs_safety.png"):
         check_png(report / png)
-    table = {r["method"]: r for r in md_table((report / "report.md").read_text(), "## Table 2")}
+    table = defaultdict(list)
+    for r in md_table((report / "report.md").read_text(), "## Table 2"):
+        table[r["method"]].append(r)
     for ch in children:
-        m, row = ch.data.metrics, table[ch.data.params["loss.method"]]
-        assert int(row["i_malicious (n=2)"]) == m["final/eval/i_malicious/n_harmful"]
-        assert row["validation (λ choice)"] == f"{int(m['final/eval/val/n_harmful'])}/2"
-        assert float(row["harm score"]) == pytest.approx(
-            m["final/eval/safety/harm_score"], abs=5e-5
-        )
+        m = ch.data.metrics
+        row = {
+            "i_malicious (n=2)": str(int(m["final/eval/i_malicious/n_harmful"])),
+            "validation (λ choice)": f"{int(m['final/eval/val/n_harmful'])}/2",
+        }
+        rows = table[ch.data.params["loss.method"]]
+        assert any(r.items() >= row.items() and float(r["harm score"]) == pytest.approx(
+            m["final/eval/safety/harm_score"], abs=5e-5) for r in rows), (row, rows)  # fmt: skip
     # the parent: its trials' data, how they ended, the chosen λ and its numbers, their curves
     assert {i.dataset.name for i in _inputs(c, parents[0])} == {"alpaca_1k", "jbb_jailbroken"}
     pm = c.get_run(parent).data.metrics
-    assert pm["trials/ok"] == 2 and pm["trials/error"] == 0
-    emd = next(ch.data.metrics for ch in children if ch.data.params["loss.method"] == "emd")
+    assert pm["trials/ok"] == 3 and pm["trials/error"] == 0
+    emd = next(ch for ch in children if ch.data.params["loss.method"] == "emd")
     assert pm["chosen/emd/n16/lam"] == 1.0
-    assert pm["chosen/emd/n16/safety/n_harmful"] == emd["final/eval/safety/n_harmful"]
+    assert pm["chosen/emd/n16/safety/n_harmful"] == emd.data.metrics["final/eval/safety/n_harmful"]
     check_png(Path(c.download_artifacts(parent, "trial_curves.png", str(tmp_path / "p"))))
-    crashed = next(ch for ch in children if ch.data.params["loss.method"] == "emd")
-    marker = next((tmp_path / "ray" / "sweep" / "trials").glob("*/.fault_injected"))
-    assert marker.read_text() == "3"  # the failure really happened
-    penalty = c.get_metric_history(crashed.info.run_id, "loss/penalty")
-    assert all(m.value < 0 for m in penalty)  # EMD term is live at λ = 1
-    # each rank staged 2 checkpoints per trial in a temp dir; none is left once Ray has them
-    assert not list(_scratch(tmp_path).glob("tasft_ckpt_*"))
-
-
-def _final_adapter_loss(trial_dir: Path, cfg) -> float:
-    """Load a trial's final adapter into a fresh model; loss on a fixed batch."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    ckpts = sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())
-    tok, base = load_model(cfg.model, seed=cfg.train.seed)
-    model = attach_lora(base, cfg.lora)
-    state = load_file(str(ckpts[-1] / "adapter" / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model, state)
-    model.eval()
-    mix = build_mixture(cfg.data, "emd", tok, seed=0)
-    batch = collate(mix, list(range(0, 80, 5)), tok.pad_token_id)
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        emb = model.get_input_embeddings().weight
-        return tasft_loss(
-            logits, batch["labels"], batch["kinds"], method="emd", lam=1.0, embeddings=emb
-        ).total.item()
-
-
-def test_deepspeed_zero3_through_ray_train_matches_ddp(tmp_path):
-    """ZeRO-3 (fused loss, the default) through Ray Train, crashing once: its restored run
-    matches DDP. ZeRO-2 vs ZeRO-3 is checked in-process, method by method, in
-    test_zero3_fused.py."""
-    _run(
-        _tune_cmd(
-            tmp_path,
-            "train.num_workers=2",
-            "sweep.max_concurrent_trials=2",
-            "sweep.cases=[{engine.kind: ddp}, "
-            "{engine.kind: deepspeed, engine.zero_stage: 3, engine.fail_at_step: 3}]",
-        ),
-        tmp_path,
-    )
-    c, _, children = _runs(tmp_path)
-    assert len(children) == 2 and all(ch.info.status == "FINISHED" for ch in children)
-    cfg = load_config("tiny", ["lora.dropout=0"])
-    losses = {}
-    for ch in children:
-        kind = ch.data.params["engine.kind"], ch.data.params["engine.zero_stage"]
-        trial = tmp_path / "ray" / "sweep" / f"train_{ch.data.tags[tracking.TRIAL_TAG]}"
-        losses[kind] = _final_adapter_loss(trial, cfg)
-    assert losses[("deepspeed", "3")] == pytest.approx(losses[("ddp", "2")], abs=1e-4)
-    # and the shards really are DeepSpeed's
-    ds3 = next(
-        ch
-        for ch in children
-        if ch.data.params["engine.zero_stage"] == "3"
-        and ch.data.params["engine.kind"] == "deepspeed"
-    )
-    trial = tmp_path / "ray" / "sweep" / f"train_{ds3.data.tags[tracking.TRIAL_TAG]}"
-    assert list(trial.glob("checkpoint_*/deepspeed/*optim_states.pt"))
-    assert _steps(c, ds3) == [1, 2, 3, 4]
-    assert list((tmp_path / "ray" / "sweep" / "trials").glob("*/.fault_injected"))
-
-
-def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    cmd = _tune_cmd(
-        tmp_path,
-        "sweep.max_concurrent_trials=1",
-        "engine.kind=ddp",
-        "train.max_steps=12",
-        "train.checkpoint_every=4",
-        "sweep.space={loss.lam: {grid: [0, 1]}}",
-    )
-    log = open(tmp_path / "driver.log", "w")  # read on failure: the killed driver's own story
-    proc = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + SWEEP_TIMEOUT
-        finished = []
-        while time.time() < deadline and not finished:
-            time.sleep(2)
-            assert proc.poll() is None, "sweep ended before it could be killed"
-            # the driver creates the MLflow schema before it writes the parent-run marker
-            if (tmp_path / "ray" / "sweep" / tracking.PARENT_RUN_FILE).exists():
-                _, _, children = _runs(tmp_path)
-                finished = [ch for ch in children if ch.info.status == "FINISHED"]
-        assert finished, (
-            "no trial finished in time",
-            (tmp_path / "driver.log").read_text()[-4000:],
-        )
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
-        proc.wait()
-    c, _, children = _runs(tmp_path)
-    first = finished[0]
-    first_end = first.info.end_time
-    assert len([ch for ch in children if ch.info.status == "FINISHED"]) == 1
-
-    _run(
-        [sys.executable, "-m", "tasft_ray.tune", "--resume", str(tmp_path / "ray" / "sweep")],
-        tmp_path,
-    )
-    c, parents, children = _runs(tmp_path)
-    assert len(parents) == 1 and len(children) == 2
-    assert all(ch.info.status == "FINISHED" for ch in children)
-    again = next(ch for ch in children if ch.info.run_id == first.info.run_id)
-    assert again.info.end_time == first_end  # not rerun
-    for ch in children:
-        assert _steps(c, ch) == list(range(1, 13))
-
-
-@pytest.fixture
-def ray_head(tmp_path):
-    """A real `ray start --head --block` with the dashboard (needed by `ray job submit`).
-
-    Free ports, its own process group, stopped by that group: another Ray on the machine (a
-    user's, or a sweep left running) neither blocks the test nor gets stopped by it. A port found
-    free can still be taken before the head binds it (other tests' Ray clusters open many
-    sockets), so the head gets up to three tries with fresh ports.
-    """
-    env = _env(tmp_path)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    for attempt in range(3):
-        head = _start_ray_head(env, tmp_path / f"ray_head_{attempt}.log")
-        if head is not None:
-            break
-    else:
-        pytest.fail("ray start --head failed three times:\n" + _head_logs(tmp_path))
-    proc, gcs, url = head
-    try:
-        yield env, url
-    finally:
-        _stop_group(proc)
-        # `ray start` records its address for later ray.init() calls; ours is gone now
-        current = Path(env.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
-        if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
-            current.unlink()
-
-
-def _head_logs(tmp_path: Path) -> str:
-    return "\n".join(p.read_text()[-2000:] for p in sorted(tmp_path.glob("ray_head_*.log")))
-
-
-def _start_ray_head(env: dict, log_path: Path):
-    """(process, gcs port, dashboard url) once the dashboard answers, or None if the head died."""
-    gcs, dashboard, agent = _free_ports(3)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-             f"--port={gcs}", "--num-cpus=4", "--include-dashboard=true",
-             f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
-             "--disable-usage-stats"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 180
-    while not _answers(f"{url}/api/version"):
-        if proc.poll() is not None:
-            _stop_group(proc)  # the head's children (gcs, raylet) may outlive it
-            return None
-        if time.time() > deadline:
-            _stop_group(proc)
-            pytest.fail("the Ray dashboard did not come up in 180 s:\n" + log_path.read_text())
-        time.sleep(1)
-    return proc, gcs, url
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _free_ports(n: int) -> list[int]:
-    """Distinct free ports below the kernel's ephemeral range (32768+) and above Ray's worker
-    ports (10002-19999), so no outgoing connection or Ray worker is handed one meanwhile."""
-    ports: list[int] = []
-    for port in random.sample(range(20000, 32768), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError("no free ports in 20000-32767")
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-def test_ray_job_submit(tmp_path, ray_head):
-    env, url = ray_head
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    data_root = os.environ["TASFT_DATA_DIR"]
-    env_vars = {"TASFT_DATA_DIR": data_root, "RAY_AUTH_MODE": "disabled"}
-    runtime_env = json.dumps({"env_vars": env_vars})
-    submit = [
-        ray_bin,
-        "job",
-        "submit",
-        "--address",
-        url,
-        "--working-dir",
-        str(REPO_ROOT),
-        "--runtime-env-json",
-        runtime_env,
-        "--",
-        "python",
-        "-m",
-        "tasft_ray.tune",
-        "--config",
-        "configs/tiny.yaml",
-        "--smoke-test",
-        "--set",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        "--set",
-        f"sweep.storage={tmp_path / 'ray'}",
-    ]
-    for _ in range(30):  # the head's dashboard agent registers a few seconds after the head
-        proc = subprocess.run(
-            submit, env=env, capture_output=True, text=True, timeout=SWEEP_TIMEOUT
-        )
-        if "No available agent" not in proc.stderr:
-            break
-        time.sleep(2)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    assert "succeeded" in proc.stdout.lower()
-    c, parents, children = _runs(tmp_path)
-    assert len(parents) == 1 and len(children) == 1
-    assert _steps(c, children[0]) == [1, 2]
+    # both crashes really happened
+    markers = sorted((tmp_path / "ray" / "sweep" / "trials").glob("*/.fault_injected"))
+    assert [p.read_text() for p in markers] == ["3", "3"]
+    assert all(m.value < 0 for m in c.get_metric_history(emd.info.run_id, "loss/penalty"))
+    # ZeRO-3, crashed and restored, ends where DDP does; its shards really are DeepSpeed's
+    sft = {engine[ch.info.run_id]: ch for ch in children if ch.data.params["loss.method"] == "sft"}
+    losses = {
+        kind: adapter_loss(Path(c.download_artifacts(ch.info.run_id, "adapter",
+                                                     str(tmp_path / f"adapter_{kind}"))))
+        for kind, ch in sft.items()
+    }  # fmt: skip
+    assert losses["deepspeed"] == pytest.approx(losses["ddp"], abs=1e-4)
+    ds3 = tmp_path / "ray" / "sweep" / f"train_{sft['deepspeed'].data.tags[tracking.TRIAL_TAG]}"
+    assert list(ds3.glob("checkpoint_*/deepspeed/*optim_states.pt"))
+    # each rank staged its checkpoints in a temp dir; none is left once Ray has them
+    assert not list(ray_head.scratch.glob("tasft_ckpt_*"))
 
 
 def test_optuna_search_and_asha_on_reported_step():

@@ -46,8 +46,18 @@ def test_worker_env_selects_the_allocator():
     assert worker_env(system.engine)["OMP_NUM_THREADS"] == "1"
 
 
+def test_the_drivers_api_keys_reach_every_worker(monkeypatch):
+    """A worker on another node never saw the driver's environment (the generate actor-error
+    test in test_reliability.py shows it end to end on the session's Ray head)."""
+    e = load_config("tiny").engine
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert "OPENAI_API_KEY" not in worker_env(e)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    assert worker_env(e)["OPENAI_API_KEY"] == "sk-x"
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
-def test_ray_worker_threads_allocate_large_blocks_from_the_heap():
+def test_ray_worker_threads_allocate_large_blocks_from_the_heap(ray_head, monkeypatch):
     import ray
 
     # the probe can fail: without the setting the same block is mmap'd
@@ -63,7 +73,8 @@ def test_ray_worker_threads_allocate_large_blocks_from_the_heap():
         exec(probe, scope)
         return scope["seen"][0]
 
-    init_ray(load_config("tiny"), num_cpus=1)
+    monkeypatch.setenv("RAY_ADDRESS", ray_head.address)  # a job of its own on the head
+    init_ray(load_config("tiny"))
     try:
         in_worker = ray.get(ray.remote(num_cpus=1)(mmapped_bytes).remote(PROBE))
     finally:

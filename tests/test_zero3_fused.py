@@ -90,7 +90,7 @@ _MIXTURES: dict[str, object] = {}  # per method, shared by its cases (this worke
 
 def _mixture(cfg):
     from tasft_ray.data.mixture import build_mixture
-    from tasft_ray.training.models import load_tokenizer
+    from tasft_ray.models import load_tokenizer
 
     method = cfg.loss.method
     if method not in _MIXTURES:
@@ -100,8 +100,8 @@ def _mixture(cfg):
 
 
 def _run_case(method, engine, tied, ckpt_root, rank, counter, probe) -> dict:
+    from tasft_ray.models import is_partitioned
     from tasft_ray.training.loop import TASFTTrainer
-    from tasft_ray.training.models import is_partitioned
 
     cfg = _config(method, engine)
     mixture = _mixture(cfg)
@@ -183,7 +183,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
     import deepspeed
 
-    from tasft_ray.training import loop, models
+    from tasft_ray.models import loading as models
+    from tasft_ray.training import loop
 
     # DeepSpeed keeps parameters under 1e5 elements whole on every rank; the tiny model's head
     # is smaller, so without this ZeRO-3 would never partition it and nothing would be tested.

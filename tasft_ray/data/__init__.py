@@ -2,10 +2,11 @@
 training mixture and the evaluation prompt sets.
 
 Layers inside: records (Example, DataError) <- formats (readers) <- registry (names, downloads)
-<- sources (load_source) <- template, mixture, benchmarks.
+<- lineage (digests) <- sources (read_source: examples and what they came from; load_source)
+<- template, mixture, benchmarks.
 """
 
 from tasft_ray.data.records import DataError, Example
-from tasft_ray.data.sources import load_source
+from tasft_ray.data.sources import Loaded, load_source, read_source
 
-__all__ = ["DataError", "Example", "load_source"]
+__all__ = ["DataError", "Example", "Loaded", "load_source", "read_source"]

@@ -13,17 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tasft_ray.data.records import Example
-from tasft_ray.data.registry import fetch_url, resolve_dataset
-
-if TYPE_CHECKING:
-    from tasft_ray.config import SourceConfig
 
 DIGEST_CHARS = 16  # MLflow keeps at most 36 characters of a dataset digest
 
@@ -57,35 +51,11 @@ def rows_digest(examples: Sequence[Example]) -> str:
     return h.hexdigest()[:DIGEST_CHARS]
 
 
-def _files(path: Path) -> list[Path]:
+def source_files(path: Path) -> list[Path]:
+    """The files a path source is: itself, or every file of a folder but hidden ones."""
     if path.is_dir():
         return [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
     return [path]
-
-
-def describe_source(
-    role: str,
-    src: SourceConfig,
-    root: str | None,
-    rows: int,
-    examples: Sequence[Example] = (),
-) -> DataInput:
-    """``src`` as ``load_source`` read it (its fallback when its file is missing). ``examples``:
-    the rows loaded from a hub source, which has no file to digest."""
-    if src.fallback is not None and not src.path_exists():
-        return describe_source(role, src.fallback, root, rows, examples)
-    if src.name:
-        entry, folder = resolve_dataset(str(src.name), root)
-        digest = file_digest(folder / f for f in entry.files)
-        return DataInput(role, entry.name, str(folder), "local", digest, rows)
-    if src.path:
-        path = Path(src.path).expanduser().resolve()
-        return DataInput(role, path.name, str(path), "local", file_digest(_files(path)), rows)
-    if src.url:
-        name = Path(urllib.parse.urlparse(src.url).path).name or src.url
-        return DataInput(role, name, src.url, "http", file_digest([fetch_url(src.url)]), rows)
-    name = f"{src.hf}" + (f"/{src.hf_config}" if src.hf_config else "") + f":{src.split}"
-    return DataInput(role, name, str(src.hf), "hf", rows_digest(examples), rows)
 
 
 def describe_file(role: str, path: str | os.PathLike[str], rows: int) -> DataInput:

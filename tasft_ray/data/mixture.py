@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from tasft_ray.config import DataConfig, Method
-from tasft_ray.data.lineage import DataInput, describe_source
-from tasft_ray.data.sources import DataError, Example, load_source
+from tasft_ray.data.lineage import DataInput
+from tasft_ray.data.sources import DataError, Example, read_source
 from tasft_ray.data.template import format_prompt
 from tasft_ray.losses import HARMFUL, IGNORE_INDEX, SAFE
 
@@ -116,26 +116,26 @@ def select_records(data: DataConfig, method: Method, seed: int, root: str | None
     ``sft`` drops the safety-related data entirely; ``stl`` uses safe refusals to toxic prompts,
     trained like ordinary safe data.
     """
-    loaded = load_source(data.safe, root)
+    loaded = read_source(data.safe, root)
     origin = f"data.safe ({data.safe.origin})"
-    safe = _take(_pairs(loaded, origin), data.safe_count, data.toxic_selection, seed,
+    safe = _take(_pairs(loaded.examples, origin), data.safe_count, data.toxic_selection, seed,
                  "data.safe_count", origin)  # fmt: skip
-    inputs = [describe_source("safe", data.safe, root, len(safe), loaded)]
+    inputs = [loaded.describe("safe", len(safe))]
     if data.contrastive is not None:  # seemingly toxic prompts, helpful answers: safe pairs
-        loaded = load_source(data.contrastive, root)
-        extra = _pairs(loaded, f"data.contrastive ({data.contrastive.origin})")
+        loaded = read_source(data.contrastive, root)
+        extra = _pairs(loaded.examples, f"data.contrastive ({data.contrastive.origin})")
         safe = safe + extra
-        inputs.append(describe_source("contrastive", data.contrastive, root, len(extra), loaded))
+        inputs.append(loaded.describe("contrastive", len(extra)))
     if method == "sft" or data.toxic_count == 0:
         return Selection(safe, [], HARMFUL, inputs)
     role, kind = ("refusals", SAFE) if method == "stl" else ("harmful", HARMFUL)
     src = getattr(data, role)
     origin = f"data.{role} ({src.origin})"
-    loaded = load_source(src, root)
-    related = _take(_pairs(loaded, origin), data.toxic_count, data.toxic_selection, seed + 1,
-                    "data.toxic_count", origin)  # fmt: skip
+    loaded = read_source(src, root)
+    related = _take(_pairs(loaded.examples, origin), data.toxic_count, data.toxic_selection,
+                    seed + 1, "data.toxic_count", origin)  # fmt: skip
     # first: the MLflow runs table shows a run's first input, and this one tells trials apart
-    inputs.insert(0, describe_source(role, src, root, len(related), loaded))
+    inputs.insert(0, loaded.describe(role, len(related)))
     return Selection(safe, related, kind, inputs)
 
 

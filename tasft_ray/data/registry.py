@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasft_ray.config import SourceFormat, cache_root
+from tasft_ray.config import SourceFormat
 from tasft_ray.data.records import DataError
 from tasft_ray.errors import one_line
-from tasft_ray.files import atomic_dir, atomic_file
+from tasft_ray.files import atomic_dir, atomic_file, cache_root
 
 logger = logging.getLogger(__name__)
 

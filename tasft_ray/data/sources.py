@@ -1,7 +1,10 @@
 """Load a configured data source — registry name, local path, URL or hub id — into records.
 
-The entry point every other layer uses (:func:`load_source`); the readers live in
-``formats``, the named data sets and their downloads in ``registry``.
+The entry points every other layer uses: :func:`read_source` (the examples and what they were
+read from, which a training run names in MLflow: ``lineage``) and :func:`load_source` (the
+examples alone). One resolution for both, so a source is described as exactly what was read
+(a fallback when its file is missing, a registry entry's folder, the cached download of a URL).
+The readers live in ``formats``, the named data sets and their downloads in ``registry``.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import urllib.parse
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +26,7 @@ from tasft_ray.data.formats import (
     convert_all,
     prompt_row,
 )
+from tasft_ray.data.lineage import DataInput, file_digest, rows_digest, source_files
 from tasft_ray.data.records import DataError, Example, check_fields
 from tasft_ray.data.registry import fetch_url, resolve_dataset
 from tasft_ray.errors import one_line
@@ -71,8 +77,25 @@ def examples_from_rows(
     return convert_all(numbered, convert, fields, **options)
 
 
-def load_source(src: SourceConfig, root: str | None = None) -> list[Example]:
-    """Load one configured source (registry name, local path, URL or hub id) into examples.
+@dataclass(frozen=True)
+class Loaded:
+    """A source's examples and what they were read from: its name as people know it, where it
+    is, and the files (none for a hub data set) whose bytes identify its content."""
+
+    examples: list[Example]
+    name: str
+    place: str
+    place_type: str  # local | http | hf
+    files: tuple[Path, ...] = ()
+
+    def describe(self, role: str, rows: int) -> DataInput:
+        """The source as a training run used it (``rows`` of it, in ``role``)."""
+        digest = file_digest(self.files) if self.files else rows_digest(self.examples)
+        return DataInput(role, self.name, self.place, self.place_type, digest, rows)
+
+
+def read_source(src: SourceConfig, root: str | None = None) -> Loaded:
+    """Load one configured source (registry name, local path, URL or hub id).
 
     Args:
         src: The validated source block from the config.
@@ -80,7 +103,7 @@ def load_source(src: SourceConfig, root: str | None = None) -> list[Example]:
             ``$TASFT_DATA_DIR`` is used).
 
     Returns:
-        The examples in file order.
+        The examples in file order, with what they were read from.
 
     Raises:
         DataError: With a one-line message naming what failed and how to fix it.
@@ -89,28 +112,41 @@ def load_source(src: SourceConfig, root: str | None = None) -> list[Example]:
         logger.warning(
             "%s does not exist yet: using its fallback %s", src.path, src.fallback.origin
         )
-        return load_source(src.fallback, root)
+        return read_source(src.fallback, root)
     opts = dict(src.options)
     if src.name:
-        examples = _load_registered(src, root)
+        entry, folder = resolve_dataset(str(src.name), root)
+        loaded = Loaded(_load_registered(src, entry, folder), entry.name, str(folder), "local",
+                        tuple(folder / f for f in entry.files))  # fmt: skip
         origin = f"dataset '{src.name}'"
     elif src.path:
-        examples = read_path(Path(src.path).expanduser(), str(src.format), src.fields, **opts)
+        path = Path(src.path).expanduser()
+        examples = read_path(path, str(src.format), src.fields, **opts)
+        path = path.resolve()
+        loaded = Loaded(examples, path.name, str(path), "local", tuple(source_files(path)))
         origin = src.path
     elif src.url:
-        examples = read_path(fetch_url(src.url), str(src.format), src.fields, **opts)
+        local = fetch_url(src.url)
+        name = Path(urllib.parse.urlparse(src.url).path).name or src.url
+        examples = read_path(local, str(src.format), src.fields, **opts)
+        loaded = Loaded(examples, name, src.url, "http", (local,))
         origin = src.url
     else:
-        examples = _load_hf(src)
+        name = f"{src.hf}" + (f"/{src.hf_config}" if src.hf_config else "") + f":{src.split}"
+        loaded = Loaded(_load_hf(src), name, str(src.hf), "hf")
         origin = f"hf '{src.hf}'"
-    if not examples:
+    if not loaded.examples:
         logger.warning("%s: no examples (check the file and the filters)", origin)
-    logger.info("%s: loaded %d examples", origin, len(examples))
-    return examples
+    logger.info("%s: loaded %d examples", origin, len(loaded.examples))
+    return loaded
 
 
-def _load_registered(src: SourceConfig, root: str | None) -> list[Example]:
-    entry, folder = resolve_dataset(str(src.name), root)
+def load_source(src: SourceConfig, root: str | None = None) -> list[Example]:
+    """The examples of one configured source (``read_source`` without the lineage)."""
+    return read_source(src, root).examples
+
+
+def _load_registered(src: SourceConfig, entry, folder: Path) -> list[Example]:
     if src.format is not None and src.format != entry.format:
         raise DataError(
             f"dataset '{entry.name}': format '{src.format}' does not match its registered "

@@ -23,13 +23,14 @@ def eval_prompts(e: EvalConfig, root: str | None) -> list[dict[str, str]]:
 
 
 def validation_prompts(e: EvalConfig, root: str | None) -> list[dict[str, str]]:
-    """eval.validation's prompts (source ``val/<benchmark>``) minus any prompt text that is also
-    an evaluation prompt: λ is chosen on answers the reported numbers never saw."""
-    not_harm = [b for b, kind in kinds(e.validation).items() if kind != HARM]
-    check_benchmarks(e.validation, "eval.validation")
+    """eval.validation.benchmarks' prompts (source ``val/<benchmark>``) minus any prompt text
+    that is also an evaluation prompt: λ is chosen on answers the reported numbers never saw."""
+    not_harm = [b for b, kind in kinds(e.validation.benchmarks).items() if kind != HARM]
+    check_benchmarks(e.validation.benchmarks, "eval.validation.benchmarks")
     if not_harm:
-        raise ConfigError(f"eval.validation: {not_harm} are not harm benchmarks")
-    rows = benchmark_prompts(e.validation, e.validation_max_prompts, root, "eval.validation")
+        raise ConfigError(f"eval.validation.benchmarks: {not_harm} are not harm benchmarks")
+    v = e.validation
+    rows = benchmark_prompts(v.benchmarks, v.max_prompts, root, "eval.validation.benchmarks")
     seen = {(p["instruction"], p["input"]) for p in eval_prompts(e, root)}
     kept = [
         dict(r, source=f"{VAL}{r['source']}")
@@ -38,7 +39,7 @@ def validation_prompts(e: EvalConfig, root: str | None) -> list[dict[str, str]]:
     ]
     if len(kept) < len(rows):
         log.info(
-            "eval.validation: dropped %d prompt(s) that are also evaluation prompts",
+            "eval.validation.benchmarks: dropped %d prompt(s) that are also evaluation prompts",
             len(rows) - len(kept),
         )
     return kept
@@ -46,7 +47,7 @@ def validation_prompts(e: EvalConfig, root: str | None) -> list[dict[str, str]]:
 
 @dataclass
 class EvalData:
-    prompts: list[dict]  # eval.benchmarks, then eval.validation (source val/<benchmark>)
+    prompts: list[dict]  # eval.benchmarks, then eval.validation.benchmarks (source val/<benchmark>)
     likelihood: dict[str, list[Example]]
     quality: dict[str, list[Example]]
     alpaca: list[Example] | None  # None: no AlpacaEval judge configured

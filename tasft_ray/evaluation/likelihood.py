@@ -17,7 +17,7 @@ from tasft_ray.data.mixture import collate, tokenize_examples
 from tasft_ray.data.records import Example
 from tasft_ray.data.sources import load_source
 from tasft_ray.losses import IGNORE_INDEX, SAFE, tasft_loss
-from tasft_ray.training.models import HiddenStateTap
+from tasft_ray.models import HiddenStateTap
 
 
 @torch.no_grad()

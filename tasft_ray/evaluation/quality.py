@@ -148,7 +148,7 @@ def _continuation_lm_class():
     import torch
     from lm_eval.api.model import TemplateLM
 
-    from tasft_ray.training.models import HiddenStateTap
+    from tasft_ray.models import HiddenStateTap
 
     class ContinuationLM(TemplateLM):
         """Log-likelihood scoring that projects only continuation positions to the vocabulary.

@@ -3,11 +3,11 @@ prompts, so Tune can compare trials (and stop weak ones) by what the sweep is fo
 without over-refusal or quality loss — instead of by a training loss that λ itself shifts.
 
 What is scored, each split disjoint from what evaluation reports: the harm prompts of
-``eval.validation`` (harmfulness), ``eval.validation_safe`` XSTest-safe prompts (over-refusal),
-and ``eval.validation_quality_limit`` docs per quality task taken after the reported ones
-(quality). The worker group shares the work: each rank answers and scores its shard with its
-own replica of the model, then the ranks exchange their rows, so every rank computes the same
-``val/*`` metrics in about 1 / world of the time one rank would take.
+``eval.validation.benchmarks`` (harmfulness), ``eval.validation.safe`` XSTest-safe prompts
+(over-refusal), and ``eval.validation.quality_limit`` docs per quality task taken after the
+reported ones (quality). The worker group shares the work: each rank answers and scores its
+shard with its own replica of the model, then the ranks exchange their rows, so every rank
+computes the same ``val/*`` metrics in about 1 / world of the time one rank would take.
 """
 
 from __future__ import annotations
@@ -45,17 +45,17 @@ class ValidationData:
 def load_validation_data(cfg: Config) -> ValidationData:
     e, root = cfg.eval, cfg.data_root
     reported = {(p["instruction"], p["input"]) for p in eval_prompts(e, root)}
-    safe_all = benchmark_prompts(["xstest_safe"], None, root, "eval.validation_safe")
+    safe_all = benchmark_prompts(["xstest_safe"], None, root, "eval.validation.safe")
     unseen = [p for p in safe_all if (p["instruction"], p["input"]) not in reported]
-    if len(unseen) < e.validation_safe:  # every XSTest-safe prompt is reported (max_prompts)
+    if len(unseen) < e.validation.safe:  # every XSTest-safe prompt is reported (max_prompts)
         log.warning(
-            "eval.validation_safe: only %d of the XSTest-safe prompts are not reported ones; "
+            "eval.validation.safe: only %d of the XSTest-safe prompts are not reported ones; "
             "validating over-refusal on the last %d, which evaluation reports too",
-            len(unseen), e.validation_safe,
+            len(unseen), e.validation.safe,
         )  # fmt: skip
         unseen = safe_all
-    safe = unseen[len(unseen) - e.validation_safe :] if e.validation_safe else []
-    start, k = e.quality_limit or 0, e.validation_quality_limit
+    safe = unseen[len(unseen) - e.validation.safe :] if e.validation.safe else []
+    start, k = e.quality_limit or 0, e.validation.quality_limit
     quality = {t: quality_docs(t, root, None)[start : start + k] for t in e.quality_tasks if k}
     return ValidationData(
         validation_prompts(e, root), [dict(p, source=SAFE_SOURCE) for p in safe], quality

@@ -195,14 +195,15 @@ def _contrastive(
         return {r["id"] for r in rows if r["step"] == step}
 
     def flush(force: bool = False) -> None:
-        force = force or new % g.flush_every == 0 or g.fail_after_rows == new
+        stop_at = cfg.testing.fail_after_rows
+        force = force or new % g.flush_every == 0 or stop_at == new
         if force:
             write_atomic(work, to_jsonl(rows))
         kept = sum(r["step"] == "answer" and not r["refused"] for r in rows)
         seconds = time.perf_counter() - start
         run.progress(len(rows), progress_metrics(len(rows), kept, new, seconds), force)
-        if g.fail_after_rows and new >= g.fail_after_rows:
-            raise InjectedStop(f"generate.fail_after_rows: stopped after {new} rows")
+        if stop_at and new >= stop_at:
+            raise InjectedStop(f"testing.fail_after_rows: stopped after {new} rows")
 
     todo = [a for a in asks if a["id"] not in done("write")]
     if todo:

@@ -39,7 +39,7 @@ MANIFEST_SUFFIX = ".manifest.json"
 
 
 class InjectedStop(UserError):
-    """Raised by the generate.fail_after_rows test hook."""
+    """Raised by the testing.fail_after_rows hook."""
 
 
 @dataclass
@@ -129,13 +129,14 @@ def _generate(
                 harmful += bool(row["harmful"])
                 bar.update(1)
                 bar.set_postfix(harmful=harmful)
-                flush = new % g.flush_every == 0 or g.fail_after_rows == new
+                stop_at = cfg.testing.fail_after_rows
+                flush = new % g.flush_every == 0 or stop_at == new
                 if flush:
                     write_atomic(dest, to_jsonl(rows))
                 seconds = time.perf_counter() - start
                 run.progress(len(rows), progress_metrics(len(rows), harmful, new, seconds), flush)
-                if g.fail_after_rows and new >= g.fail_after_rows:
-                    raise InjectedStop(f"generate.fail_after_rows: stopped after {new} rows")
+                if stop_at and new >= stop_at:
+                    raise InjectedStop(f"testing.fail_after_rows: stopped after {new} rows")
                 if g.target and harmful >= g.target:
                     break
         finally:

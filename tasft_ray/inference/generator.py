@@ -11,7 +11,7 @@ import torch
 from tasft_ray.accelerator import torch_device
 from tasft_ray.config import ModelConfig, SamplingConfig
 from tasft_ray.data.template import format_prompt
-from tasft_ray.training.models import load_model
+from tasft_ray.models import load_model
 
 
 def generate_responses(

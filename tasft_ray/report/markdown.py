@@ -10,7 +10,8 @@ from __future__ import annotations
 from tasft_ray.data.benchmarks import BENCHMARKS, HARM, PAPER_SAFETY
 from tasft_ray.report.figures import FIG2, FIG3
 from tasft_ray.report.rule import DEGENERATE, RULE, Choice
-from tasft_ray.report.trials import METHOD_ORDER, Setting, Trial, settings
+from tasft_ray.report.trials import SeedGroup, Trial, seed_groups
+from tasft_ray.setting import method_rank
 
 NLL_NOTE = (
     "Higher = less likely under the model. A working penalty raises the held-out harmful "
@@ -43,10 +44,10 @@ def harm_benchmarks(trials: list[Trial]) -> list[str]:
     return [b for b, kind in known.items() if b in present and kind == HARM]
 
 
-def _val(t: Trial | Setting) -> str:
+def _val(t: Trial | SeedGroup) -> str:
     """Harmful answers on the validation prompts as "k/n" ("–" without a validation split);
     for a setting, the mean over its seeds."""
-    s = t if isinstance(t, Setting) else Setting([t])
+    s = t if isinstance(t, SeedGroup) else SeedGroup([t])
     if s.mean("val/n") is None:
         return "–"
     return f"{_cell(s.mean('val/n_harmful'), True)}/{_cell(s.mean('val/n'), True)}"
@@ -56,7 +57,7 @@ def _trial_cols(t: Trial) -> list[str]:
     return [t.model, t.method, str(t.toxic), t.lam_text] + ([str(t.seed)] if t.seeded else [])
 
 
-def _spread(s: Setting, key: str, integer: bool) -> str:
+def _spread(s: SeedGroup, key: str, integer: bool) -> str:
     """Mean over seeds, with the range when they differ: "13.5 [13–14]"."""
     vals = s.values(key)
     if vals is None:
@@ -73,7 +74,7 @@ def _seeds_table(trials: list[Trial]) -> list[str]:
         + [_spread(s, "safety/n_harmful", True), _spread(s, "val/n_harmful", True)]
         + [_spread(s, "xstest/safe_refusal_rate", False)]
         + [_spread(s, "quality/mean_acc", False), _cell(s.worst(DEGENERATE))]
-        for s in settings(trials)
+        for s in seed_groups(trials)
     ]
     header = ["model", "method", "toxic", "λ", "seeds", "harmful", "validation harmful"]
     header += ["safe-prompt refusal", "quality", "degenerate (worst seed)"]
@@ -156,7 +157,7 @@ def to_markdown(
         md += _table(header, rows)
         md += [NLL_NOTE, ""]
 
-    if any(len(s.trials) > 1 for s in settings(trials)):
+    if any(len(s.trials) > 1 for s in seed_groups(trials)):
         md += _seeds_table(trials)
 
     md += ["## Chosen λ", "", f"Rule: {rule}", ""]
@@ -202,12 +203,12 @@ def _judges_table(trials: list[Trial], key: list[str]) -> list[str]:
 def _paper_grid(trials: list[Trial], choices: list[Choice], benches: list[str]) -> list[str]:
     """Table 2 as the paper lays it out: benchmarks down, method × toxic count across, each
     penalty method at its chosen λ (SFT has none); means over seeds where there are several."""
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     md: list[str] = []
     for model in sorted({t.model for t in trials}):
-        cols = [s for s in settings(trials) if s.first.model == model and s.first.method == "sft"]
+        groups = seed_groups(trials)
+        cols = [s for s in groups if s.first.model == model and s.first.method == "sft"]
         cols += [c.setting for c in choices if c.model == model]
-        cols.sort(key=lambda s: (s.first.toxic, rank.get(s.first.method, 99)))
+        cols.sort(key=lambda s: (s.first.toxic, method_rank(s.first.method)))
         if not cols:
             continue
         md += [f"### {model}: at the chosen λ", ""]

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from tasft_ray.objective import Objective
-from tasft_ray.report.trials import Setting, Trial, settings
+from tasft_ray.report.trials import SeedGroup, Trial, seed_groups
 
 QUALITY_TOLERANCE = 0.02  # the best-λ rule: quality within 2 points of SFT
 DEGENERATE_TOLERANCE = 0.05  # ... and degenerate answers within 5 points of SFT's
@@ -20,7 +20,7 @@ class Choice:
     model: str
     method: str
     toxic: int
-    setting: Setting
+    setting: SeedGroup
     reason: str
 
     @property
@@ -50,8 +50,8 @@ def best_lambda(
 ) -> list[Choice]:
     """The rule above — or, for a sweep that declared an objective, that objective — for every
     (model, method != sft, toxic count) in ``trials``."""
-    groups: dict[tuple[str, str, int], list[Setting]] = {}
-    for s in settings(trials):
+    groups: dict[tuple[str, str, int], list[SeedGroup]] = {}
+    for s in seed_groups(trials):
         t = s.first
         if t.method != "sft" and s.values("safety/n_harmful") is not None:
             groups.setdefault((t.model, t.method, t.toxic), []).append(s)
@@ -97,15 +97,15 @@ def _or_inf(value: float | None) -> float:
     return math.inf if value is None else value
 
 
-def sft_reference(setting: Setting, trials: list[Trial]) -> Setting:
+def sft_reference(setting: SeedGroup, trials: list[Trial]) -> SeedGroup:
     """The SFT trials that differ from ``setting`` only in method (and λ, toxic count and seed,
     which SFT does not use): same model, every other param equal."""
     t = setting.first
     sft = [x for x in trials if x.method == "sft" and x.model == t.model and x.rest == t.rest]
-    return Setting([x for x in sft if x.toxic == t.toxic] or sft)
+    return SeedGroup([x for x in sft if x.toxic == t.toxic] or sft)
 
 
-def _by_objective(objective: Objective, group: list[Setting], sft: Setting):
+def _by_objective(objective: Objective, group: list[SeedGroup], sft: SeedGroup):
     """(setting, reason) by the sweep's objective on each trial's last validation (means over
     seeds), or None when no λ of the group is feasible."""
     reference = _mean_validation(sft) if sft.trials else None
@@ -121,7 +121,7 @@ def _by_objective(objective: Objective, group: list[Setting], sft: Setting):
     return best, reason
 
 
-def _mean_validation(s: Setting) -> dict[str, float]:
+def _mean_validation(s: SeedGroup) -> dict[str, float]:
     keys = {k for t in s.trials for k in t.validation}
     means = {}
     for k in keys:
@@ -132,8 +132,8 @@ def _mean_validation(s: Setting) -> dict[str, float]:
 
 
 def _drop_degenerate(
-    eligible: list[Setting], group: list[Setting], sft: Setting, reason: str
-) -> tuple[list[Setting], str]:
+    eligible: list[SeedGroup], group: list[SeedGroup], sft: SeedGroup, reason: str
+) -> tuple[list[SeedGroup], str]:
     """A collapsed model answers nothing harmful; it must not win the fewest-harmful rule, and
     neither may a λ that collapsed at one of its seeds."""
     key = DEGENERATE

@@ -11,11 +11,10 @@ from tasft_ray.config import ObjectiveConfig
 from tasft_ray.data.benchmarks import kinds
 from tasft_ray.errors import UserError
 from tasft_ray.objective import TUNE_METRIC, Objective
+from tasft_ray.setting import Setting
 
 FINAL = "final/eval/"
 CURVES = ("safety/harm_score", "safety/harmful_rate", "xstest/safe_refusal_rate")
-METHOD_ORDER = ("sft", "emd", "nlcl", "stl", "kto")
-PENALTY_METHODS = ("emd", "nlcl")  # the only methods whose loss uses λ
 # Params that do not make a trial a different setting: its key (model, method, toxic count, λ),
 # its seed, and where it wrote things (sweep.*, tracking.* and output folders differ per sweep).
 NOT_A_SETTING = {"model.name", "loss.method", "data.toxic_count", "loss.lam", "train.seed"}
@@ -46,24 +45,24 @@ class Trial:
     kinds: dict[str, str] = field(default_factory=dict)  # benchmark -> kind, users' sets too
 
     @property
-    def lam_text(self) -> str:
-        return f"{self.lam:g}" if self.method in PENALTY_METHODS else "–"
+    def setting(self) -> Setting:
+        """What it trained, its seed named only when the report holds several."""
+        return Setting(self.method, self.lam, self.toxic, self.seed if self.seeded else None)
 
     @property
-    def what(self) -> str:
-        lam = f" λ={self.lam:g}" if self.method in PENALTY_METHODS else ""
-        return f"{self.method} n={self.toxic}{lam}"
+    def lam_text(self) -> str:
+        return self.setting.lam_text
 
     @property
     def label(self) -> str:
-        return self.what + (f" seed={self.seed}" if self.seeded else "")
+        return self.setting.label
 
     def get(self, key: str) -> float | None:
         return self.final.get(key)
 
 
 @dataclass
-class Setting:
+class SeedGroup:
     """One (model, method, toxic count, λ) over the seeds it was trained with.
 
     A λ that is safe at one seed and collapses at the next is not a λ to recommend, so the rule
@@ -82,7 +81,8 @@ class Setting:
     @property
     def label(self) -> str:
         k = len(self.trials)
-        return self.first.what + (f" ({k} seeds)" if k > 1 else "")
+        what = Setting(self.first.method, self.first.lam, self.first.toxic).label
+        return what + (f" ({k} seeds)" if k > 1 else "")
 
     def values(self, key: str) -> list[float] | None:
         """``key`` of every seed; None when any seed lacks it (a mean over some would mislead)."""
@@ -98,12 +98,12 @@ class Setting:
         return None if vals is None else max(vals)
 
 
-def settings(trials: list[Trial]) -> list[Setting]:
+def seed_groups(trials: list[Trial]) -> list[SeedGroup]:
     """Trials grouped by everything they were trained with except the seed, in their order."""
-    by: dict[tuple, Setting] = {}
+    by: dict[tuple, SeedGroup] = {}
     for t in trials:
-        lam = t.lam if t.method in PENALTY_METHODS else 0.0
-        by.setdefault((t.model, t.method, t.toxic, lam, t.rest), Setting([])).trials.append(t)
+        key = (t.model, t.setting.without_seed(), t.rest)
+        by.setdefault(key, SeedGroup([])).trials.append(t)
     return list(by.values())
 
 
@@ -175,8 +175,8 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
             f"{where}: {len(runs)} trial run(s), none with final/eval/* metrics; run the sweep "
             "with eval.in_sweep=true"
         )
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    trials.sort(key=lambda t: (t.model, rank.get(t.method, 99), t.toxic, t.lam, t.seed, t.name))
+    order = {id(t): Setting(t.method, t.lam, t.toxic, t.seed).sort_key() for t in trials}
+    trials.sort(key=lambda t: (t.model, order[id(t)], t.name))
     seeded = len({t.seed for t in trials}) > 1
     for t in trials:
         t.seeded = seeded

@@ -19,7 +19,7 @@ from tasft_ray.data.lineage import DataInput
 from tasft_ray.data.mixture import build_mixture
 from tasft_ray.evaluation.safety import load_eval_data
 from tasft_ray.evaluation.validation import load_validation_data
-from tasft_ray.training.models import load_tokenizer
+from tasft_ray.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def eval_key(cfg: Config) -> str:
 
 @dataclass
 class Prepared:
-    """Object refs by key; held by the driver for the sweep's lifetime (which keeps them)."""
+    """The prepared data by key: values as ``prepare`` builds them, object refs once shipped
+    (held by the driver for the sweep's lifetime, which keeps them)."""
 
     mixtures: dict[str, Any] = field(default_factory=dict)
     evals: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +62,16 @@ class Prepared:
     def validation_data(self, cfg: Config):
         return _prepared(self.validations, eval_key(cfg), "validation data")
 
+    def ship(self) -> Prepared:
+        """The same, each value put once into Ray's object store (Ray must be up): what the
+        trials get, on whatever node they run."""
+        import ray
+
+        def put(values: dict[str, Any]) -> dict[str, Any]:
+            return {k: ray.put(v) for k, v in values.items()}
+
+        return Prepared(put(self.mixtures), put(self.evals), put(self.validations), self.inputs)
+
 
 def _prepared(refs: dict[str, Any], key: str, what: str):
     """A trial's keys are the driver's unless the two run different code (a node on another
@@ -75,10 +86,9 @@ def _prepared(refs: dict[str, Any], key: str, what: str):
 
 
 def prepare(configs: list[Config]) -> Prepared:
-    """Load, select and tokenise each distinct mixture (and evaluation set) once; Ray must be
-    up (the results go to its object store)."""
-    import ray
-
+    """Load, select and tokenise each distinct mixture (and evaluation set) once, before Ray
+    starts: bad data fails the sweep before anything is started or written. ``ship`` then
+    hands them to Ray's object store."""
     start = time.perf_counter()
     out, tokenizers = Prepared(), {}
     for cfg in configs:
@@ -90,12 +100,12 @@ def prepare(configs: list[Config]) -> Prepared:
             mixture = build_mixture(
                 cfg.data, cfg.loss.method, tokenizers[model], cfg.train.seed, cfg.data_root
             )
-            out.mixtures[key] = ray.put(mixture)
+            out.mixtures[key] = mixture
             out.inputs[key] = mixture.inputs
         if cfg.eval.in_sweep and eval_key(cfg) not in out.evals:
-            out.evals[eval_key(cfg)] = ray.put(load_eval_data(cfg))
-        if cfg.eval.every and eval_key(cfg) not in out.validations:
-            out.validations[eval_key(cfg)] = ray.put(load_validation_data(cfg))
+            out.evals[eval_key(cfg)] = load_eval_data(cfg)
+        if cfg.eval.validation.every and eval_key(cfg) not in out.validations:
+            out.validations[eval_key(cfg)] = load_validation_data(cfg)
     log.info(
         "data prepared for %d trial config(s): %d training mixture(s), %d evaluation and %d "
         "validation set(s), %.1f s; the trials get them through Ray",

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from tasft_ray.config import Config
 from tasft_ray.storage import location
-from tasft_ray.sweep.driver import SWEEP_CONFIG, SweepOutcome, run_sweep
+from tasft_ray.sweep.driver import run_sweep
+from tasft_ray.sweep.outcome import SweepOutcome
+from tasft_ray.sweep.paths import SWEEP_CONFIG
 
 log = logging.getLogger(__name__)
 

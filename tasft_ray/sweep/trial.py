@@ -14,7 +14,7 @@ from typing import Any
 import ray
 
 from tasft_ray import tracking
-from tasft_ray.config import Config, setting_label
+from tasft_ray.config import Config
 from tasft_ray.evaluation.data import EvalData
 from tasft_ray.evaluation.safety import (
     RESPONSES_FILE,
@@ -44,64 +44,19 @@ def run_trial(
     """One trial: resolve its config, fit a TorchTrainer, log the outcome to its child run.
     ``search``: the sweep's objective and its SFT reference metrics, when it has one."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
-    cfg = Config.from_dict(base, check_files=False)
-    cfg = cfg.with_overrides(trial_overrides(params), check_files=False)
-    # local files of the trial (test hooks, evaluation outputs before they are logged): in the
-    # sweep's folder when that is local, else in this node's scratch space
-    root = Path(sweep.path) if sweep.local else Path(tempfile.gettempdir()) / "tasft_trials"
-    trial_dir = root / "trials" / trial_name
-    cfg = cfg.with_overrides({"train.output_dir": str(trial_dir)}, check_files=False)
+    cfg = _trial_config(base, params, sweep, trial_name)
     uri = mlflow["uri"]
-    label = setting_label(cfg.loss.method, cfg.loss.lam, cfg.data.toxic_count, cfg.train.seed)
-    run_id = tracking.child_run(uri, cfg, mlflow["parent_run_id"], trial_id, label)
-    done = tracking.client(uri).get_run(run_id)
-    if done.info.status == "FINISHED":
-        # The driver died after this trial finished but before Tune saved that: do not rerun.
-        final = {
-            k.removeprefix("final/"): v
-            for k, v in done.data.metrics.items()
-            if k.startswith("final/")
-        }
-        tune.report(final)
+    run_id = tracking.child_run(uri, cfg, mlflow["parent_run_id"], trial_id, cfg.setting.label)
+    if _report_if_finished(uri, run_id):
         return
-    for key, value in trial_overrides(params).items():
-        tracking.client(uri).set_tag(run_id, f"sweep.{key}", str(value))
-    c = tracking.client(uri)
-    tags = {TRIAL_NODE_TAG: ray.get_runtime_context().get_node_id(), "tasft.trial": trial_name,
-            "tasft.method": cfg.loss.method, "tasft.toxic_count": str(cfg.data.toxic_count),
-            "tasft.lam": f"{cfg.loss.lam:g}", "tasft.seed": str(cfg.train.seed)}  # fmt: skip
     search = dict(search or {})
-    if search.pop("role", None):  # the SFT reference of the sweep's objective
-        tags["tasft.role"] = "reference"
-    for key, value in tags.items():  # the MLflow UI groups and filters runs by them
-        c.set_tag(run_id, key, value)
+    reference = bool(search.pop("role", None))  # the SFT reference of the sweep's objective
+    _tag_run(uri, run_id, cfg, params, trial_name, reference)
     tracking.log_inputs(uri, run_id, prepared.data_inputs(cfg))
-    validation = None
-    if cfg.eval.every:
-        data = ray.get(prepared.validation_data(cfg))
-        validation = {"validator": Validator(cfg.eval, data, cfg.generate.batch_size),
-                      **search}  # fmt: skip
-    trainer = build_trainer(
-        cfg,
-        name=f"train_{trial_id}",
-        storage=sweep,
-        mlflow={"uri": uri, "run_id": run_id},
-        callbacks=[TuneReportCallback()],
-        mixture=prepared.mixture(cfg),
-        validation=validation,
-    )
-    try:
-        result = trainer.fit()
-    except Exception:
-        # a stopped sweep or Tune's scheduler may already have closed the run KILLED (the
-        # driver does once Tune returns, which can be before this worker gets here)
-        if tracking.client(uri).get_run(run_id).info.status == "RUNNING":
-            tracking.finish_run(uri, run_id, "FAILED")
-        raise
+    result = _fit(cfg, trial_id, sweep, uri, run_id, prepared, search)
     final = {
         f"final/{k}": float(v)
         for k, v in (result.metrics or {}).items()
@@ -122,6 +77,72 @@ def run_trial(
     tracking.finish_run(uri, run_id)
     if cfg.eval.in_sweep:  # Tune's last result carries training and evaluation numbers
         tune.report({k.removeprefix("final/"): v for k, v in final.items()})
+
+
+def _trial_config(base: dict, params: dict[str, Any], sweep: Location, trial_name: str) -> Config:
+    """The sweep's config with this trial's values. Its local files (test hooks, evaluation
+    outputs before they are logged) go to the sweep's folder when that is local, else to this
+    node's scratch space."""
+    cfg = Config.from_dict(base, check_files=False)
+    root = Path(sweep.path) if sweep.local else Path(tempfile.gettempdir()) / "tasft_trials"
+    out = {"train.output_dir": str(root / "trials" / trial_name)}
+    return cfg.with_overrides(trial_overrides(params) | out, check_files=False)
+
+
+def _report_if_finished(uri: str, run_id: str) -> bool:
+    """The driver died after this trial finished but before Tune saved that: report its final
+    metrics again instead of rerunning it."""
+    from ray import tune
+
+    done = tracking.client(uri).get_run(run_id)
+    if done.info.status != "FINISHED":
+        return False
+    final = done.data.metrics.items()
+    tune.report({k.removeprefix("final/"): v for k, v in final if k.startswith("final/")})
+    return True
+
+
+def _tag_run(
+    uri: str, run_id: str, cfg: Config, params: dict, trial_name: str, reference: bool
+) -> None:
+    """Tags the MLflow UI groups and filters trials by, and the values this trial swept."""
+    c = tracking.client(uri)
+    tags = {f"sweep.{k}": str(v) for k, v in trial_overrides(params).items()}
+    tags |= {TRIAL_NODE_TAG: ray.get_runtime_context().get_node_id(), "tasft.trial": trial_name,
+             "tasft.method": cfg.loss.method, "tasft.toxic_count": str(cfg.data.toxic_count),
+             "tasft.lam": f"{cfg.loss.lam:g}", "tasft.seed": str(cfg.train.seed)}  # fmt: skip
+    if reference:
+        tags["tasft.role"] = "reference"
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+
+
+def _fit(cfg: Config, trial_id: str, sweep: Location, uri: str, run_id: str,
+         prepared: Prepared, search: dict):  # fmt: skip
+    """The trial's TorchTrainer, fitted; its run FAILED if it raised (unless already closed)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    validation = None
+    if cfg.eval.validation.every:
+        data = ray.get(prepared.validation_data(cfg))
+        validation = {"validator": Validator(cfg.eval, data, cfg.generate.batch_size), **search}
+    trainer = build_trainer(
+        cfg,
+        name=f"train_{trial_id}",
+        storage=sweep,
+        mlflow={"uri": uri, "run_id": run_id},
+        callbacks=[TuneReportCallback()],
+        mixture=prepared.mixture(cfg),
+        validation=validation,
+    )
+    try:
+        return trainer.fit()
+    except Exception:
+        # a stopped sweep or Tune's scheduler may already have closed the run KILLED (the
+        # driver does once Tune returns, which can be before this worker gets here)
+        if tracking.client(uri).get_run(run_id).info.status == "RUNNING":
+            tracking.finish_run(uri, run_id, "FAILED")
+        raise
 
 
 def _evaluate_trial(cfg: Config, result, uri: str, run_id: str, data: EvalData) -> dict[str, float]:

@@ -35,6 +35,14 @@ from tasft_ray.losses import (
     sequence_logprobs,
     tasft_loss,
 )
+from tasft_ray.models import (
+    HiddenStateTap,
+    attach_lora,
+    embedding_matrix,
+    gathered,
+    is_partitioned,
+    load_model,
+)
 from tasft_ray.training.checkpoints import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
@@ -45,14 +53,6 @@ from tasft_ray.training.checkpoints import (
     step_dir_name,
 )
 from tasft_ray.training.engine import build_engine
-from tasft_ray.training.models import (
-    HiddenStateTap,
-    attach_lora,
-    embedding_matrix,
-    gathered,
-    is_partitioned,
-    load_model,
-)
 from tasft_ray.training.step_metrics import (
     SUMMED,
     WEIGHTS,
@@ -66,7 +66,7 @@ MetricsFn = Callable[[dict], None]
 
 
 class InjectedFault(RuntimeError):
-    """Raised once by the engine.fail_at_step test hook."""
+    """Raised once by the testing.fail_at_step hook."""
 
 
 def _batch_counts(batch: dict[str, torch.Tensor], parts: LossParts) -> dict[str, int]:
@@ -338,7 +338,7 @@ class TASFTTrainer:
         """Train to total_steps; ``on_checkpoint(metrics)`` persists one when due."""
         from tqdm.auto import tqdm
 
-        t, e = self.cfg.train, self.cfg.engine
+        t = self.cfg.train
         on_checkpoint = on_checkpoint or self._local_checkpoint
         bar = tqdm(
             total=self.total_steps,
@@ -353,7 +353,7 @@ class TASFTTrainer:
             metrics = self.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss/total']:.4f}")
-            if e.fail_at_step == self.step and self.rank == 0:
+            if self.cfg.testing.fail_at_step == self.step and self.rank == 0:
                 _fail_once(Path(t.output_dir) / ".fault_injected", self.step)
             due = t.checkpoint_every and self.step % t.checkpoint_every == 0
             if due or self.step == self.total_steps:
@@ -375,4 +375,4 @@ def _fail_once(marker: Path, step: int) -> None:
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(step))
-    raise InjectedFault(f"engine.fail_at_step: injected failure at step {step}")
+    raise InjectedFault(f"testing.fail_at_step: injected failure at step {step}")

@@ -80,10 +80,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 class _Validation:
-    """Validation during training (``eval.every``): the ``validator`` of the loop config
-    scores the adapter at step 0, every ``eval.every`` steps and at the last step, on every rank
-    (each its shard); the ``objective`` turns its metrics into the scalar Tune ranks by. The
-    latest validation travels with every checkpoint's report, so Tune always sees an objective.
+    """Validation during training (``eval.validation``): the ``validator`` of the loop config
+    scores the adapter at step 0, every ``eval.validation.every`` steps and at the last step, on
+    every rank (each its shard); the ``objective`` turns its metrics into the scalar Tune ranks
+    by. The latest validation travels with every checkpoint's report, so Tune always sees an
+    objective.
     """
 
     def __init__(self, loop_config: dict, trainer: TASFTTrainer, rank: int, world: int):
@@ -91,7 +92,7 @@ class _Validation:
         self.objective = loop_config.get("objective")
         self.reference = loop_config.get("reference")
         self.trainer, self.rank, self.world = trainer, rank, world
-        self.every = trainer.cfg.eval.every if self.validator is not None else 0
+        self.every = trainer.cfg.eval.validation.every if self.validator is not None else 0
         self.latest: dict = {}
 
     @property

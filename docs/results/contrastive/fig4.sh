@@ -22,7 +22,7 @@ PLUS="data.contrastive: {path: $OUT, format: generated, options: {harmful_only: 
 python -m tasft_ray.tune --config validation "${COMMON[@]}" --set sweep.name=fig4-contrastive \
   --set train.grad_accum=2 --set train.max_steps=32 --set train.checkpoint_every=16 \
   --set eval.in_sweep=true --set eval.checkpoints=final --set eval.max_prompts=50 \
-  --set "eval.validation=[]" --set "eval.likelihood={}" \
+  --set "eval.validation.benchmarks=[]" --set "eval.likelihood={}" \
   --set "eval.benchmarks=[i_malicious, i_cona, i_controversial, harmfulq, xstest_safe]" \
   --set eval.sampling.max_new_tokens=48 --set "eval.quality_tasks=[piqa]" --set eval.quality_limit=50 \
   --set "sweep.cases=[{loss.method: emd, loss.lam: 16.0}, {loss.method: emd, loss.lam: 16.0, $PLUS}, \

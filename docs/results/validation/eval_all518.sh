@@ -9,4 +9,4 @@ OMP_NUM_THREADS=2 TASFT_DATA_DIR=${TASFT_DATA_DIR:-../shared/data} tasft-ray eva
   --adapter "$adapter" --set eval.output_dir="${2:-runs/eval/all518}" \
   --set "eval.benchmarks=[i_malicious, i_cona, i_controversial, harmfulq, xstest_safe]" \
   --set eval.max_prompts=null --set eval.sampling.max_new_tokens=48 \
-  --set "eval.validation=[]" --set "eval.likelihood={}" --set "eval.quality_tasks=[]"
+  --set "eval.validation.benchmarks=[]" --set "eval.likelihood={}" --set "eval.quality_tasks=[]"

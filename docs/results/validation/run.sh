@@ -8,7 +8,7 @@ OMP_NUM_THREADS=2 TASFT_DATA_DIR=${TASFT_DATA_DIR:-../shared/data} python -m tas
   --set data.harmful.path=data/generated/quickstart_harmful.jsonl \
   --set data.safe_count=300 --set train.grad_accum=2 --set train.max_steps=32 \
   --set train.checkpoint_every=16 --set eval.checkpoints=final \
-  --set eval.max_prompts=25 --set eval.validation_max_prompts=40 --set eval.likelihood_max=60 \
+  --set eval.max_prompts=25 --set eval.validation.max_prompts=40 --set eval.likelihood_max=60 \
   --set "eval.benchmarks=[i_malicious, i_cona, i_controversial, harmfulq, xstest_safe]" \
   --set eval.sampling.max_new_tokens=48 --set "eval.quality_tasks=[piqa]" --set eval.quality_limit=50 \
   --set "sweep.cases=[{loss.method: sft}, {loss.method: emd, loss.lam: 4.0}, \

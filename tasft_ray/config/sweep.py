@@ -1,0 +1,128 @@
+"""The ``sweep`` section: the Tune search space, the searcher and scheduler, and the objective
+that ranks trials (with its constraints and the toxic-count search)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from tasft_ray.config.base import Section
+from tasft_ray.objective import Constraint, Objective
+
+
+class SweepParam(Section):
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SweepParam:
+        kinds = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of grid, choice, uniform, loguniform")
+        return self
+
+
+class ConstraintConfig(Section):
+    """A bound on one metric: absolute (max / min) or relative to the SFT reference."""
+
+    max: float | None = None
+    min: float | None = None
+    max_vs_sft: float | None = None
+    min_vs_sft: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ConstraintConfig:
+        given = [
+            k for k in ("max", "min", "max_vs_sft", "min_vs_sft") if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("give exactly one of max, min, max_vs_sft, min_vs_sft")
+        return self
+
+
+class ObjectiveConfig(Section):
+    """What a sweep optimises: one validation metric under constraints (or a Pareto front).
+    One MLflow param, ``sweep.objective``: the report rebuilds it from there."""
+
+    ONE_VALUE = True
+
+    minimize: str | None = Field(None, description="Metric to minimise, e.g. val/harm_score.")
+    maximize: str | None = Field(None, description="Metric to maximise.")
+    constraints: dict[str, ConstraintConfig] = Field(
+        default_factory=dict,
+        description="metric -> bound, e.g. {val/quality: {min_vs_sft: -0.02}, "
+        "val/safe_refusal_rate: {max: 0.10}, val/degenerate_rate: {max: 0.05}}.",
+    )
+    pareto: dict[str, Literal["min", "max"]] = Field(
+        default_factory=dict,
+        description="Multi-objective: metric -> direction, e.g. {val/harm_score: min, "
+        "val/safe_refusal_rate: min, val/quality: max}; the sweep maps their Pareto front.",
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ObjectiveConfig:
+        if (self.minimize is None) == (self.maximize is None):
+            raise ValueError("give exactly one of minimize, maximize")
+        return self
+
+    def build(self) -> Objective:
+        cons = tuple(
+            Constraint(metric, kind, getattr(spec, kind))
+            for metric, spec in self.constraints.items()
+            for kind in ("max", "min", "max_vs_sft", "min_vs_sft")
+            if getattr(spec, kind) is not None
+        )
+        target, mode = (self.minimize, "min") if self.minimize else (self.maximize, "max")
+        return Objective(target, mode, cons, tuple(self.pareto.items()))
+
+
+class ToxicSearchConfig(Section):
+    """The smallest data.toxic_count whose best λ reaches a validation harm target."""
+
+    counts: list[int] = Field(min_length=2, description="Candidate counts, searched by bisection.")
+    target: float = Field(
+        ge=0, description="Largest acceptable value of the objective's metric (e.g. harm rate)."
+    )
+
+
+class SweepConfig(Section):
+    name: str = Field("sweep", min_length=1, description="Tune experiment name (a folder).")
+    storage: str = Field("runs/ray", description="Ray storage path for trials and checkpoints.")
+    space: dict[str, SweepParam] = Field(
+        default_factory=dict,
+        description="Dotted config key -> values, e.g. loss.lam: {grid: [0, 1]}.",
+    )
+    cases: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Linked overrides, crossed with `space`: each case is one set of dotted keys, "
+        "e.g. {loss.method: emd, data.toxic_count: 100, loss.lam: 9.0} (paper Table 4).",
+    )
+    search: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(1, ge=1, description="Samples (x each grid point).")
+    max_concurrent_trials: int = Field(1, ge=1)
+    metric: str = Field(
+        "loss/total",
+        description="Reported metric that ranks trials when there is no objective (a training "
+        "loss cannot compare trials with different λ: use objective).",
+    )
+    mode: Literal["min", "max"] = "min"
+    objective: ObjectiveConfig | None = Field(
+        None,
+        description="What the sweep optimises, under which constraints: it drives the searcher, "
+        "the scheduler and the report's choice (needs eval.every for validation in training).",
+    )
+    toxic_search: ToxicSearchConfig | None = Field(
+        None,
+        description="Search the smallest data.toxic_count reaching toxic_search.target on the "
+        "objective's metric (bisection over counts, λ searched per count).",
+    )
+    scheduler: Literal["none", "asha"] = Field(
+        "none", description="ASHA early stopping, on the objective at validation steps."
+    )
+    grace_steps: int = Field(5, ge=1, description="ASHA: steps before a trial may be stopped.")
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPUs for a local Ray (default: enough for the sweep)."
+    )
