@@ -58,8 +58,9 @@ def _trials(uri: str, sweep: str):
         steps = max((m.step for m in c.get_metric_history(k.info.run_id, "loss/total")),
                     default=0)  # fmt: skip
         vals = c.get_metric_history(k.info.run_id, "val/seconds")
-        out.append({"label": k.info.run_name, "steps": steps, "end": k.info.end_time,
-                    "start": k.info.start_time, "val_s": sum(m.value for m in vals),
+        out.append({"label": k.info.run_name, "run_id": k.info.run_id, "steps": steps,
+                    "end": k.info.end_time, "start": k.info.start_time,
+                    "val_s": sum(m.value for m in vals),
                     "final": {x.removeprefix("final/"): v for x, v in k.data.metrics.items()
                               if x.startswith("final/")}})  # fmt: skip
     return parent, out

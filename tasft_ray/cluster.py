@@ -8,6 +8,7 @@ breaks local ``ray job submit``).
 
 from __future__ import annotations
 
+import math
 import os
 
 from tasft_ray.config import Config
@@ -15,9 +16,13 @@ from tasft_ray.worker_env import worker_env
 
 
 def logical_cpus(cfg: Config) -> int:
-    """Each trial needs its driver (1 CPU) plus its workers, or workers never start."""
+    """Each trial needs its driver (1 CPU) plus its workers, or workers never start; a shared
+    evaluation stage holds its evaluators' CPUs for the whole sweep."""
     per_trial = 1 + cfg.train.num_workers * cfg.engine.cpus_per_worker
-    return cfg.sweep.num_cpus or int(max(2, cfg.sweep.max_concurrent_trials * per_trial))
+    s = cfg.eval.stage
+    stage = s.evaluators * s.cpus_per_evaluator if s.mode == "shared" else 0
+    need = cfg.sweep.max_concurrent_trials * per_trial + stage
+    return cfg.sweep.num_cpus or int(max(2, math.ceil(need)))
 
 
 def init_ray(cfg: Config, num_cpus: int | None = None) -> None:

@@ -114,6 +114,21 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 LOCK_FILE = ".tasft.lock"
 
 
+def folder_bytes(folder: str | os.PathLike) -> dict[str, bytes]:
+    """The files of a flat folder (a saved adapter), name -> bytes: what Ray ships between
+    processes that share no disk."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+def write_folder(folder: str | os.PathLike, files: dict[str, bytes]) -> Path:
+    """The inverse of :func:`folder_bytes`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
 def check_writable(path: str | os.PathLike, key: str, folder: bool = True) -> None:
     """One line naming ``key`` when ``path`` (a folder, or with ``folder=False`` a file) could
     not be created or written: checked before any work starts, not at the first write."""

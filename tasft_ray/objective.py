@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 
 TUNE_METRIC = "objective"  # the scalar reported to Tune: lower is better, infeasible is worse
+VAL_STEP = "val_step"  # reported with it: the step of the checkpoint it scored (ASHA's time)
 INFEASIBLE = 1e3  # added to an infeasible trial's value: below every feasible one, still ordered
 
 

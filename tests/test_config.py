@@ -35,6 +35,8 @@ def test_bare_name_and_overrides_parse_as_yaml():
         ("modle.name=x", "modle: unknown key"),
         ("loss.method=dpo", "loss.method: Input should be 'sft', 'emd', 'nlcl', 'kto' or 'stl'"),
         ("data.toxic_count=-3", "data.toxic_count: Input should be greater than or equal to 0"),
+        ("eval.stage.mode=remote", "eval.stage.mode: Input should be 'inline' or 'shared'"),
+        ("eval.stage.evaluators=0", "eval.stage.evaluators: Input should be greater than or"),
         (
             "data.safe={path: /no/such/file.json, format: alpaca}",
             "data.safe: file not found: /no/such/file.json",

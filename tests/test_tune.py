@@ -80,6 +80,10 @@ def test_logical_cpus_never_deadlock():
     # every concurrent trial needs its own driver CPU plus its workers' CPUs
     cfg = load_config("tiny", ["sweep.max_concurrent_trials=2", "train.num_workers=2"])
     assert logical_cpus(cfg) == 6
+    # a shared evaluation stage holds its evaluators' CPUs for the whole sweep
+    shared = cfg.with_overrides({"eval.stage.mode": "shared", "eval.stage.evaluators": 2,
+                                 "eval.stage.cpus_per_evaluator": 1.5})  # fmt: skip
+    assert logical_cpus(shared) == 9
 
 
 def test_unreachable_tracking_server_fails_fast(cli_main):
@@ -243,7 +247,7 @@ def test_grid_of_engines_and_methods_with_crashes_evaluation_and_report(tmp_path
     assert not list(ray_head.scratch.glob("tasft_ckpt_*"))
 
 
-def test_optuna_search_and_asha_on_reported_step():
+def test_optuna_search_and_asha_on_the_validated_step():
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -259,7 +263,7 @@ def test_optuna_search_and_asha_on_reported_step():
     basic = search_alg(one.sweep, one.train.seed)
     assert isinstance(basic, BasicVariantGenerator) and basic.max_concurrent == 1
     asha = scheduler(cfg.sweep, cfg.train.max_steps)
-    assert isinstance(asha, ASHAScheduler) and asha._time_attr == "step"
+    assert isinstance(asha, ASHAScheduler) and asha._time_attr == "val_step"  # a validation's step
     assert tune_metric(cfg.sweep) == ("objective", "min")  # the objective, not a loss
     grid = cfg.with_overrides({"sweep.space": {"loss.lam": {"grid": [0, 1]}}})
     with pytest.raises(ConfigError, match="sweep.search=optuna: use choice/uniform/loguniform"):

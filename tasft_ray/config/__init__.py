@@ -12,7 +12,12 @@ across sections; ``loading`` reads YAML and overrides; ``overrides`` maps dotted
 
 from tasft_ray.config.base import ConfigError, JudgeName, Section, SourceFormat
 from tasft_ray.config.data import Benchmark, BenchmarkConfig, DataConfig, SourceConfig
-from tasft_ray.config.eval import AlpacaEvalConfig, EvalConfig, ValidationConfig
+from tasft_ray.config.eval import (
+    AlpacaEvalConfig,
+    EvalConfig,
+    EvalStageConfig,
+    ValidationConfig,
+)
 from tasft_ray.config.generate import ContrastiveConfig, GenerateConfig, SamplingConfig
 from tasft_ray.config.loading import (
     CONFIG_DIR,
@@ -52,6 +57,7 @@ __all__ = [
     "DataConfig",
     "EngineConfig",
     "EvalConfig",
+    "EvalStageConfig",
     "GenerateConfig",
     "JudgeName",
     "LoraConfig",

@@ -57,6 +57,31 @@ class ValidationConfig(Section):
     )
 
 
+class EvalStageConfig(Section):
+    """Where a sweep's trials are evaluated (validation during training and the final
+    evaluation): each on its own training workers (``inline``), or by evaluator actors the
+    sweep starts once and all trials share (``shared``), each holding the base model once and
+    applying every trial's adapter to it while the trial goes on training."""
+
+    mode: Literal["inline", "shared"] = Field(
+        "inline",
+        description="inline: a trial validates on its training workers (which wait) and "
+        "evaluates its final adapter in its own process; shared: the sweep's evaluators do "
+        "both while trials keep training.",
+    )
+    evaluators: int = Field(1, ge=1, description="Evaluator actors (shared), each one model copy.")
+    cpus_per_evaluator: float = Field(
+        1.0, gt=0, description="Logical CPUs each evaluator holds (and torch threads it runs)."
+    )
+    gpus_per_evaluator: float = Field(0.0, ge=0, description="GPUs each evaluator holds.")
+    max_pending: int = Field(
+        2,
+        ge=1,
+        description="Validations a trial may have in flight before its training waits for "
+        "the oldest (the stage is behind; the wait is logged as val/blocked_seconds).",
+    )
+
+
 # eval.<old flat key> -> eval.validation.<key>
 RENAMED = {
     "every": "every",
@@ -130,6 +155,10 @@ class EvalConfig(Section):
     validation: ValidationConfig = Field(
         default_factory=ValidationConfig,
         description="Validation during training (sweeps): the held-out split and how often.",
+    )
+    stage: EvalStageConfig = Field(
+        default_factory=EvalStageConfig,
+        description="Where a sweep's validation and final evaluation run (inline or shared).",
     )
 
     @model_validator(mode="before")

@@ -174,11 +174,24 @@ def evaluate_in_process(
     ``data``: the evaluation's examples, already loaded (``load_eval_data``; a sweep's driver
     ships them), else read from the data root here.
     """
+    tokenizer, model = load_generator_model(cfg.model, adapter, seed=cfg.train.seed)
+    return evaluate_model(cfg, model, tokenizer, data or load_eval_data(cfg), batch_size,
+                          with_quality, judge or judge_stage(cfg.eval))  # fmt: skip
+
+
+def evaluate_model(
+    cfg: Config,
+    model,
+    tokenizer,
+    data: EvalData,
+    batch_size: int,
+    with_quality: bool,
+    judge: Callable[[dict], dict],
+) -> tuple[list[dict], dict[str, float]]:
+    """Answers and eval metrics of a loaded model: the code a trial's own process and the
+    sweep's shared evaluators (``evaluation.stage``) both run, so their numbers agree."""
     e = cfg.eval
-    data = data or load_eval_data(cfg)
     prompts = data.prompts
-    tokenizer, model = load_generator_model(cfg.model, adapter)
-    judge = judge or judge_stage(e)
     rows = []
     for i in range(0, len(prompts), batch_size):
         part = prompts[i : i + batch_size]
@@ -192,7 +205,9 @@ def evaluate_in_process(
     metrics = summarize(rows, e.benchmarks)
     if not with_quality:
         return rows, metrics
-    return rows, metrics | model_metrics(cfg, model, tokenizer, data)[0]
+    # unmerged: the shared evaluators' base model serves the next adapter afterwards, and the
+    # inline path scores the same way so that the two give the same numbers
+    return rows, metrics | model_metrics(cfg, model, tokenizer, data, merge=False)[0]
 
 
 def judge_stage(e: EvalConfig) -> Callable[[dict], dict]:

@@ -73,12 +73,19 @@ class Validator:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_judge": None}
 
+    def use_judge(self, judge: JudgeStage) -> None:
+        """Score with a judge already loaded (a shared evaluator keeps one for all trials)."""
+        self._judge = judge
+
     def __call__(self, model, tokenizer, rank: int = 0, world: int = 1) -> dict[str, float]:
         start = time.perf_counter()
         was_training = model.training
         model.eval()
+        # sampling seeds torch's generator: training's random stream must not depend on
+        # whether (or where: inline or on the shared stage) the adapter was validated
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 rows = self._answers(model, tokenizer, rank, world)
                 correct = self._quality(model, tokenizer, rank, world)
         finally:

@@ -48,9 +48,12 @@ def batch_seed(seed: int, first_id: str) -> int:
     return seed + int(str(first_id)[:8], 16)
 
 
-def load_generator_model(model_cfg: ModelConfig, adapter: str | None, device: str = "cpu"):
-    """Base model (+ LoRA adapter) in eval mode."""
-    tokenizer, model = load_model(model_cfg)
+def load_generator_model(
+    model_cfg: ModelConfig, adapter: str | None, device: str = "cpu", seed: int = 0
+):
+    """Base model (+ LoRA adapter) in eval mode. ``seed``: the tiny model's initialisation
+    (the run that trained the adapter used train.seed); pretrained weights ignore it."""
+    tokenizer, model = load_model(model_cfg, seed)
     if adapter:
         from peft import PeftModel
 

@@ -21,6 +21,7 @@ from tasft_ray import tracking
 from tasft_ray.cluster import init_ray
 from tasft_ray.config import Config, ConfigError
 from tasft_ray.evaluation.safety import check_judges
+from tasft_ray.evaluation.stage import start_stage
 from tasft_ray.files import LOCK_FILE, output_lock
 from tasft_ray.report import ReportError, format_trials, write_report
 from tasft_ray.storage import location
@@ -70,6 +71,8 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
     prepared = prepare(configs + ([ref] if ref else []))
     init_ray(cfg)
     prepared = prepared.ship()
+    if cfg.eval.stage.mode == "shared" and (cfg.eval.in_sweep or cfg.eval.validation.every):
+        prepared.stage = start_stage(cfg.eval.stage)
     with lock:
         parent = tracking.start_parent_run(uri, cfg, sweep)
         every = {(d.role, d.digest): d for ds in prepared.inputs.values() for d in ds}

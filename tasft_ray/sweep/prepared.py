@@ -1,5 +1,6 @@
 """What the sweep driver prepares once and ships to every trial through Ray's object store: the
-tokenised training mixtures and the evaluation data. Trials and their Train workers read no data
+tokenised training mixtures and the evaluation data (and, with ``eval.stage.mode: shared``,
+the handles of the evaluation stage the driver starts). Trials and their Train workers read no data
 file, data root or cache, on whatever node they run; the driver alone needs the data.
 
 One mixture per distinct (model tokenizer, data section, method, seed) among the sweep's trial
@@ -49,6 +50,7 @@ class Prepared:
     evals: dict[str, Any] = field(default_factory=dict)
     validations: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, list[DataInput]] = field(default_factory=dict)  # each mixture's sources
+    stage: Any = None  # evaluation.stage.Stage: the sweep's shared evaluators, if it has them
 
     def mixture(self, cfg: Config):
         return _prepared(self.mixtures, mixture_key(cfg), "training data")

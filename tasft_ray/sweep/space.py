@@ -7,7 +7,7 @@ import itertools
 from typing import Any
 
 from tasft_ray.config import Config, ConfigError, SweepConfig
-from tasft_ray.objective import TUNE_METRIC
+from tasft_ray.objective import TUNE_METRIC, VAL_STEP
 
 CASE_KEY = "case"
 
@@ -109,7 +109,9 @@ def search_alg(sweep: SweepConfig, seed: int):
 
 def scheduler(sweep: SweepConfig, max_steps: int | None):
     """ASHA (``sweep.scheduler: asha``) on the objective at validation steps, else none.
-    Scheduled on the reported step: training_iteration restarts at 0 after a restore."""
+    Scheduled on the step of the checkpoint each reported objective scored (``val_step``):
+    training_iteration restarts at 0 after a restore, and with the shared evaluation stage an
+    objective reaches Tune some training steps after its checkpoint."""
     if sweep.scheduler != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
@@ -119,4 +121,4 @@ def scheduler(sweep: SweepConfig, max_steps: int | None):
     # its metric comes from TuneConfig (tune_metric). ASHA stops a trial whose step reaches
     # max_t, killing it before it logs its final metrics and adapter: one past the last step.
     max_t = max_steps + 1 if max_steps else 10**6
-    return ASHAScheduler(time_attr="step", max_t=max_t, grace_period=sweep.grace_steps)
+    return ASHAScheduler(time_attr=VAL_STEP, max_t=max_t, grace_period=sweep.grace_steps)

@@ -15,15 +15,15 @@ import ray
 
 from tasft_ray import tracking
 from tasft_ray.config import Config
-from tasft_ray.evaluation.data import EvalData
 from tasft_ray.evaluation.safety import (
     RESPONSES_FILE,
     evaluate_in_process,
     judge_stage,
     log_answers,
 )
+from tasft_ray.evaluation.stage import EvaluationRequest, StageValidator
 from tasft_ray.evaluation.validation import Validator
-from tasft_ray.files import to_jsonl, write_atomic
+from tasft_ray.files import folder_bytes, to_jsonl, write_atomic
 from tasft_ray.storage import Location
 from tasft_ray.sweep.prepared import Prepared
 from tasft_ray.sweep.space import trial_overrides
@@ -67,8 +67,9 @@ def run_trial(
             adapter = str(Path(directory) / ADAPTER_DIR)
             tracking.client(uri).log_artifacts(run_id, adapter, ADAPTER_DIR)
         if cfg.eval.in_sweep:
-            data = ray.get(prepared.eval_data(cfg))
-            evaluated = _evaluate_trial(cfg, result, uri, run_id, data)
+            evaluator = prepared.stage.for_trial(trial_id) if prepared.stage else None
+            data = prepared.eval_data(cfg)  # a reference: the evaluator fetches it itself
+            evaluated = _evaluate_trial(cfg, result, uri, run_id, data, evaluator)
             if not sweep.local:
                 sweep.upload(Path(cfg.train.output_dir), f"trials/{trial_name}")
             final |= {f"final/{k}": v for k, v in evaluated.items()}
@@ -125,7 +126,11 @@ def _fit(cfg: Config, trial_id: str, sweep: Location, uri: str, run_id: str,
     validation = None
     if cfg.eval.validation.every:
         data = ray.get(prepared.validation_data(cfg))
-        validation = {"validator": Validator(cfg.eval, data, cfg.generate.batch_size), **search}
+        validator = Validator(cfg.eval, data, cfg.generate.batch_size)  # the Train workers run it
+        if prepared.stage is not None:  # its evaluator runs it; the workers hand it checkpoints
+            evaluator = prepared.stage.for_trial(trial_id)
+            validator = StageValidator(evaluator, cfg.model, cfg.train.seed, ray.put(validator))
+        validation = {"validator": validator, **search}
     trainer = build_trainer(
         cfg,
         name=f"train_{trial_id}",
@@ -145,9 +150,11 @@ def _fit(cfg: Config, trial_id: str, sweep: Location, uri: str, run_id: str,
         raise
 
 
-def _evaluate_trial(cfg: Config, result, uri: str, run_id: str, data: EvalData) -> dict[str, float]:
+def _evaluate_trial(cfg: Config, result, uri: str, run_id: str, data,
+                    evaluator=None) -> dict[str, float]:  # fmt: skip
     """eval/* of the final adapter (and, with eval.checkpoints=all, of every kept checkpoint),
-    logged at each checkpoint's step; returns the final one's. Quality: final adapter only."""
+    logged at each checkpoint's step; returns the final one's. Quality: final adapter only.
+    In this process, or by the sweep's shared ``evaluator`` when it has one."""
     import torch
     from mlflow.entities import Metric
 
@@ -159,17 +166,19 @@ def _evaluate_trial(cfg: Config, result, uri: str, run_id: str, data: EvalData) 
         todo |= {int(m["step"]): c for c, m in result.best_checkpoints or [] if "step" in m}
     c = tracking.client(uri)
     metrics: dict[str, float] = {}
-    judge = judge_stage(cfg.eval)  # loaded once, not per checkpoint
+    judge = None
+    if evaluator is None:  # loaded once, not per checkpoint
+        judge, data = judge_stage(cfg.eval), ray.get(data)
     for step in sorted(todo):
         with todo[step].as_directory() as directory:
-            rows, metrics = evaluate_in_process(
-                cfg,
-                str(Path(directory) / ADAPTER_DIR),
-                batch_size=cfg.generate.batch_size,
-                with_quality=step == final_step,
-                judge=judge,
-                data=data,
-            )
+            adapter = Path(directory) / ADAPTER_DIR
+            if evaluator is None:
+                rows, metrics = evaluate_in_process(cfg, str(adapter), cfg.generate.batch_size,
+                                                    step == final_step, judge, data)  # fmt: skip
+            else:
+                request = EvaluationRequest(cfg.model_dump(mode="json"), folder_bytes(adapter),
+                                            data, step == final_step)  # fmt: skip
+                rows, metrics = ray.get(evaluator.evaluate.remote(request))
         where = "eval" if step == final_step else f"eval/step_{step}"
         out = Path(cfg.train.output_dir) / where / RESPONSES_FILE
         write_atomic(out, to_jsonl(rows))

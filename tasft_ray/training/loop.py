@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch
 from tasft_ray.config import Config, ConfigError
 from tasft_ray.data.mixture import Mixture, build_mixture, collate, epoch_order, group_by_length
 from tasft_ray.errors import one_line
-from tasft_ray.files import atomic_dir
+from tasft_ray.files import atomic_dir, folder_bytes
 from tasft_ray.losses import (
     HARMFUL,
     IGNORE_INDEX,
@@ -292,6 +293,16 @@ class TASFTTrainer:
             (directory / STATE_FILE).write_text(json.dumps(state))
         torch.save(torch.get_rng_state(), directory / rng_file(self.rank))
         self.engine.save(directory)
+
+    def adapter_files(self) -> dict[str, bytes]:
+        """The adapter as peft saves it, file name -> bytes, on rank 0 ({} on the others).
+        Every rank calls it: under ZeRO-3 the gather of the full parameters is collective."""
+        with self.engine.full_parameters():
+            if self.rank != 0:
+                return {}
+            with tempfile.TemporaryDirectory(prefix="tasft_adapter_") as tmp:
+                self.model.save_pretrained(tmp)
+                return folder_bytes(tmp)
 
     def save_checkpoint(self, directory: Path) -> Path:
         """A complete single-process checkpoint, written to a temp dir then renamed."""

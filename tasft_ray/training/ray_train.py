@@ -1,8 +1,9 @@
 """Ray Train: the worker function and the TorchTrainer that runs it (Train V2 API).
 
 The worker builds a ``TASFTTrainer`` and hands it two callbacks; the numbered comments mark the
-only Ray lines. Rank 0 alone writes to MLflow, and only at checkpoints (see ``StepLogger``), so
-a restarted worker group never logs a step twice.
+only Ray lines. Rank 0 alone writes to MLflow: training metrics only at checkpoints (see
+``StepLogger``), validation results as they arrive from the shared stage, each step once
+(``training.validation``), so a restarted worker group never logs a step twice.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import torch
 
 from tasft_ray import tracking
 from tasft_ray.config import Config
-from tasft_ray.objective import TUNE_METRIC
+from tasft_ray.objective import VAL_STEP
 from tasft_ray.storage import Location
 from tasft_ray.tracking import StepLogger
 from tasft_ray.training.loop import TASFTTrainer
+from tasft_ray.training.validation import make_validation
 
 log = logging.getLogger(__name__)
 
@@ -37,82 +39,56 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     trainer = TASFTTrainer(cfg, rank, world, mixture=mixture, device=ray.train.torch.get_device())
 
+    mlflow = loop_config.get("mlflow")
+    validation = make_validation(loop_config, trainer, rank, world, mlflow)
     checkpoint = ray.train.get_checkpoint()  # [2] resume after a failure or a restore
     if checkpoint:
         with checkpoint.as_directory() as directory:
             trainer.load_checkpoint(Path(directory))
+            validation.resume(Path(directory))
         log.info("rank %d resumed at step %d", rank, trainer.step)
 
-    mlflow = loop_config.get("mlflow")
     nodes = _node_ids(world)
     steps = None
     if rank == 0 and mlflow:
         steps = StepLogger(mlflow["uri"], mlflow["run_id"])
         tracking.client(mlflow["uri"]).set_tag(mlflow["run_id"], NODES_TAG, ",".join(nodes))
 
-    validation = _Validation(loop_config, trainer, rank, world)
-    if validation.on and trainer.step == 0:  # where the curves start: the untrained adapter
-        first = validation.run({"step": 0})
+    first = validation.start()  # where the curves start: the untrained adapter
+    if first is not None:
         if steps:
-            steps.add(first)
-        if validation.objective is not None:  # Tune ranks by it from the start
+            steps.add(_logged(first))
+        if loop_config.get("objective") is not None:  # Tune ranks by it from the start
             ray.train.report(first)
 
     def on_metrics(metrics: dict) -> None:
         if steps:
             steps.add(metrics)
-        if not validation.on:  # with validation Tune hears at checkpoints, objective and all
-            ray.train.report(metrics)  # [3] every rank, every logged step (a barrier)
+        # with inline validation Tune hears at checkpoints, objective and all
+        if not validation.on or validation.every_step:
+            ray.train.report(validation.at_step(metrics))  # [3] every rank (a barrier)
 
     def on_checkpoint(metrics: dict) -> None:
-        metrics = validation.at_checkpoint(metrics)
         # staged in a temp dir that goes once Ray has copied it to storage (a synchronous
         # upload): kept, one stage per checkpoint would fill the worker's disk over a sweep
         with tempfile.TemporaryDirectory(prefix="tasft_ckpt_") as local:
             trainer.write_checkpoint(Path(local))  # each rank its share; Ray merges them
+            reported = validation.at_checkpoint(metrics, Path(local))
             if steps:
-                steps.add(metrics)
+                steps.add(_logged(reported) if validation.logs_reports else metrics)
                 steps.flush()
             # [4] persist the checkpoint with this step's metrics
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local))
+            ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(local))
 
-    trainer.fit(on_metrics=on_metrics, on_checkpoint=on_checkpoint, progress=rank == 0)
+    result = trainer.fit(on_metrics=on_metrics, on_checkpoint=on_checkpoint, progress=rank == 0)
+    last = {"step": trainer.step, **result.metrics}
+    for metrics in validation.finish(last):  # the validations still in flight
+        ray.train.report(metrics)
 
 
-class _Validation:
-    """Validation during training (``eval.validation``): the ``validator`` of the loop config
-    scores the adapter at step 0, every ``eval.validation.every`` steps and at the last step, on
-    every rank (each its shard); the ``objective`` turns its metrics into the scalar Tune ranks
-    by. The latest validation travels with every checkpoint's report, so Tune always sees an
-    objective.
-    """
-
-    def __init__(self, loop_config: dict, trainer: TASFTTrainer, rank: int, world: int):
-        self.validator = loop_config.get("validator")
-        self.objective = loop_config.get("objective")
-        self.reference = loop_config.get("reference")
-        self.trainer, self.rank, self.world = trainer, rank, world
-        self.every = trainer.cfg.eval.validation.every if self.validator is not None else 0
-        self.latest: dict = {}
-
-    @property
-    def on(self) -> bool:
-        return bool(self.every)
-
-    def run(self, metrics: dict) -> dict:
-        t = self.trainer
-        self.latest = self.validator(t.model, t.tokenizer, self.rank, self.world)
-        if self.objective is not None:
-            self.latest[TUNE_METRIC] = self.objective.score(self.latest, self.reference)
-        return {**metrics, **self.latest}
-
-    def at_checkpoint(self, metrics: dict) -> dict:
-        if not self.on:
-            return metrics
-        step = metrics["step"]
-        if step % self.every == 0 or step == self.trainer.total_steps:
-            return self.run(metrics)
-        return {**metrics, **self.latest}
+def _logged(metrics: dict) -> dict:
+    """What goes to MLflow of a report: ``val_step`` is Tune's (MLflow has the step itself)."""
+    return {k: v for k, v in metrics.items() if k != VAL_STEP}
 
 
 def _node_ids(world: int) -> list[str]:
@@ -141,7 +117,7 @@ def build_trainer(
     """A TorchTrainer for one training run of ``cfg`` (one Tune trial, or a plain fit):
     checkpoints in ``storage`` (a folder or an object store), the training mixture from Ray's
     object store when ``mixture`` (an ObjectRef) is given, validation during training with
-    ``validation`` ({validator, objective, reference}: see ``_Validation``)."""
+    ``validation`` ({validator, objective, reference}: see ``training.validation``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
