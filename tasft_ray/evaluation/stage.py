@@ -33,6 +33,7 @@ from typing import Any
 
 from tasft_ray.config import Config, EvalStageConfig, ModelConfig
 from tasft_ray.files import write_folder
+from tasft_ray.models import weights_seed
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ class Evaluator:
         self.requests = 0
 
     def _base(self, model: ModelConfig, seed: int):
-        key = f"{model.model_dump_json()}:{seed}"  # the tiny model's weights are its seed's
+        # one resident copy per model, whatever the trials' seeds (but the tiny model's)
+        key = f"{model.model_dump_json()}:{weights_seed(model, seed)}"
         if key not in self.models:
             from tasft_ray.accelerator import torch_device
             from tasft_ray.inference.generator import load_generator_model

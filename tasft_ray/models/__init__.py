@@ -13,6 +13,7 @@ from tasft_ray.models.loading import (
     gguf_path,
     load_model,
     load_tokenizer,
+    weights_seed,
 )
 from tasft_ray.models.lora import attach_lora
 from tasft_ray.models.tap import HiddenStateTap
@@ -32,4 +33,5 @@ __all__ = [
     "is_partitioned",
     "load_model",
     "load_tokenizer",
+    "weights_seed",
 ]

@@ -87,6 +87,12 @@ def _with_special_tokens(tokenizer, cfg: ModelConfig):
     return tokenizer
 
 
+def weights_seed(cfg: ModelConfig, seed: int) -> int | None:
+    """The seed ``load_model`` gives weights that depend on it: the tiny model's (random
+    init); pretrained weights are the same whatever the seed (None)."""
+    return seed if cfg.name == "tiny" else None
+
+
 def load_model(cfg: ModelConfig, seed: int = 0):
     """Returns (tokenizer, model). The tokenizer always has eos and pad tokens."""
     if cfg.name == "tiny":

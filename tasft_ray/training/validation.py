@@ -130,22 +130,18 @@ class StagedValidation(_Scheduled):
         self.pending: deque[tuple[int, dict[str, bytes], Any]] = deque()  # (step, files, ref)
         self.ready: deque[dict] = deque()  # delivered to MLflow, not yet to Tune
         self.blocked = 0.0  # seconds rank 0 waited on the stage
-        self.logged: set[int] = set()
+        self.logged: set[int] = set()  # the steps MLflow has
         self.resumed = False
         if rank == 0 and mlflow:
             c = tracking.client(mlflow["uri"])
             history = {m.step for m in c.get_metric_history(mlflow["run_id"], MARKER)}
             self.logged = history
-            if history:  # restored: carry what MLflow has for its latest step
-                last = max(history)
+            if history:  # restored: carry what MLflow has for its latest step (the run's
+                # latest val/* and objective are that step's: only validations log them)
                 run = c.get_run(mlflow["run_id"]).data.metrics
-                self.latest = {
-                    k: _at(c, mlflow["run_id"], k, last)
-                    for k in run
-                    if k.startswith("val/") or k == TUNE_METRIC
-                }
-                self.latest = {k: v for k, v in self.latest.items() if v is not None}
-                self.latest[VAL_STEP] = last
+                self.latest = {k: v for k, v in run.items()
+                               if k.startswith("val/") or k == TUNE_METRIC}  # fmt: skip
+                self.latest[VAL_STEP] = max(history)
 
     # ------------------------------------------------------------ rank 0's bookkeeping
 
@@ -247,10 +243,6 @@ class StagedValidation(_Scheduled):
         while len(self.ready) > 1:  # not expected (at most max_pending + 1 are ready): the
             self.ready.popleft()  # final validation must be the last report, MLflow has all
         return [*out, self._carry(metrics, wait=False)]
-
-
-def _at(c, run_id: str, key: str, step: int) -> float | None:
-    return next((m.value for m in c.get_metric_history(run_id, key) if m.step == step), None)
 
 
 def _step_of(folder: Path) -> int:
