@@ -33,6 +33,18 @@ MALLOC_REUSE = {
 # processes, started by their own raylets, which never saw the driver's environment.
 FORWARDED = ("OPENAI_API_KEY", "HF_TOKEN", "HF_HUB_OFFLINE")
 
+# How often Ray Train's controller polls its worker group. Every change of a run's state (workers
+# started, finished, failed) waits for the next poll, and Ray's default (2 s) cost about ten
+# seconds a trial (a 2-trial tiny sweep: 50 s against 33 s at 0.2 s). A poll is one small call per
+# worker. Ray Tune hands the driver's value to each trial's controller, which hands it to its
+# workers; a user's own value wins.
+TRAIN_POLL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
+
+def default_train_poll() -> None:
+    """Ray Train's poll interval, where the user has not chosen one (before Ray Train starts)."""
+    os.environ.setdefault(*TRAIN_POLL)
+
 
 def worker_env(e: EngineConfig) -> dict[str, str]:
     """Environment variables for Ray's runtime_env (``engine.cpu_malloc`` selects the
@@ -40,7 +52,7 @@ def worker_env(e: EngineConfig) -> dict[str, str]:
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     if e.cpu_malloc == "reuse":
         env.update(MALLOC_REUSE)
-    env.update({k: os.environ[k] for k in FORWARDED if os.environ.get(k)})
+    env.update({k: os.environ[k] for k in (*FORWARDED, TRAIN_POLL[0]) if os.environ.get(k)})
     return env
 
 

@@ -427,7 +427,10 @@ def cluster(tmp_path_factory):
             connect=False,
             head_node_args={"num_cpus": 1, "include_dashboard": True,
                             "dashboard_port": next(ports), "dashboard_host": "127.0.0.1",
-                            "dashboard_agent_listen_port": next(ports)},
+                            "dashboard_agent_listen_port": next(ports),
+                            # a removed node is declared dead after 5 missed health checks:
+                            # 5 s instead of Ray's 15 (a busy raylet still gets 10 s per check)
+                            "_system_config": {"health_check_period_ms": 1000}},
         )  # fmt: skip
         # each node its own runtime-env folder, as each machine of a cluster has its own disk:
         # shared, one node's cleanup would delete a package (a job's working dir) another uses

@@ -80,3 +80,19 @@ def test_ray_worker_threads_allocate_large_blocks_from_the_heap(ray_head, monkey
     finally:
         ray.shutdown()
     assert in_worker < BLOCK
+
+
+def test_ray_train_polls_often_unless_the_user_chose(monkeypatch):
+    """Each state change of a trial's worker group waits for the controller's next poll; the
+    driver sets a short one before Ray Train starts and ships it to every worker."""
+    from tasft_ray.worker_env import TRAIN_POLL, default_train_poll
+
+    key, ours = TRAIN_POLL
+    e = load_config("tiny").engine
+    monkeypatch.delenv(key, raising=False)
+    default_train_poll()
+    assert os.environ[key] == ours and worker_env(e)[key] == ours
+    assert float(ours) < 2.0  # Ray's default is 2 s
+    monkeypatch.setenv(key, "3")
+    default_train_poll()
+    assert worker_env(e)[key] == "3"

@@ -9,6 +9,7 @@ only Ray lines. Rank 0 alone writes to MLflow: training metrics only at checkpoi
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()  # [1] who am I
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     trainer = TASFTTrainer(cfg, rank, world, mixture=mixture, device=ray.train.torch.get_device())
+
+    # where this rank stages its checkpoints; a rank killed while staging (its group torn down
+    # because another rank failed) leaves its folder: its restarted successor removes it
+    staging = f"tasft_ckpt_{ctx.get_experiment_name()}_r{rank}_"
+    for stale in Path(tempfile.gettempdir()).glob(f"{staging}*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
     mlflow = loop_config.get("mlflow")
     validation = make_validation(loop_config, trainer, rank, world, mlflow)
@@ -71,7 +78,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def on_checkpoint(metrics: dict) -> None:
         # staged in a temp dir that goes once Ray has copied it to storage (a synchronous
         # upload): kept, one stage per checkpoint would fill the worker's disk over a sweep
-        with tempfile.TemporaryDirectory(prefix="tasft_ckpt_") as local:
+        with tempfile.TemporaryDirectory(prefix=staging) as local:
             trainer.write_checkpoint(Path(local))  # each rank its share; Ray merges them
             reported = validation.at_checkpoint(metrics, Path(local))
             if steps:
