@@ -1,17 +1,16 @@
 """The fused loss under DeepSpeed ZeRO-3, on 2 gloo processes and the tiny model.
 
 ZeRO-3 partitions the frozen output layer, so the fused loss has to gather it; this checks that
-it does, and that the result is the same training run as the reference loss under ZeRO-3 and the
-fused loss under ZeRO-2 (loss values and LoRA weights after 3 steps), for every method, with an
-untied head and with a tied, soft-capped (Gemma-style) one, and across a checkpoint + restore.
-The reference loss under ZeRO-3 runs for EMD alone (the method whose cost matrix is the head
-itself); fused against reference for every method without ZeRO is test_train.py's.
+it does, and that the result is the same training run as the fused loss under ZeRO-2 (loss values
+and LoRA weights after 3 steps) for every method, and as the reference loss under ZeRO-3 for EMD
+(the method whose cost matrix is the head itself; fused against reference for every method
+without ZeRO is test_train.py's), with an untied head and with a tied, soft-capped (Gemma-style)
+one, and across a checkpoint + restore.
 
 Everything runs in one pair of spawned processes (one DeepSpeed JIT build, one rendezvous):
 a Ray Tune trial per case would cost minutes. The Ray path with a real crash under ZeRO-3 is
 ``test_tune.py::test_grid_of_engines_and_methods_with_crashes_evaluation_and_report``, which
-runs the default
-``loss.impl`` (fused, asserted below).
+runs the default ``loss.impl`` (fused, asserted below).
 """
 
 from __future__ import annotations
