@@ -4,6 +4,7 @@ calls a plain function that the tests call too; every user error is one line, ex
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -67,8 +68,20 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+class UsageError(ConfigError):
+    """A command line argparse rejects (a missing argument, a flag's bad value): one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one error line and exit code 2 like any other bad
+    input, naming the command whose --help explains it (not argparse's usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tasft-ray", description="TA-SFT fine-tuning with EMD / NLCL safety penalties."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,10 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    prog = "tasft-ray tune" if argv[:1] == ["tune"] else "tasft-ray"
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(extra)} (config values are --set KEY=VALUE; "
+                f"see tasft-ray {args.command} --help)"
+            )
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     quiet_user_errors()
-    prog = "tasft-ray tune" if args.command == "tune" else "tasft-ray"
     try:
         return _run(args)
     except Exception as exc:  # a UserError from a Ray task, actor, worker or trial, unwrapped
@@ -192,9 +214,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"generate.target={args.target}")
     if getattr(args, "output", None) and args.command == "generate":
         key = "generate.contrastive.output" if args.contrastive else "generate.output"
-        overrides.append(f"{key}={args.output}")
+        overrides.append(f"{key}={json.dumps(args.output)}")  # a path, not YAML
     if getattr(args, "adapter", None):
-        overrides.append(f"eval.adapter={args.adapter}")
+        overrides.append(f"eval.adapter={json.dumps(args.adapter)}")
     if getattr(args, "limit", None) is not None:
         overrides.append(f"eval.max_prompts={args.limit}")
     return overrides
@@ -330,7 +352,7 @@ def _report(cfg, parent_run: str | None, experiment: str | None, output: str | N
     from tasft_ray.report import REPORT_MD, format_trials, write_report
 
     uri = tracking.tracking_uri(cfg)
-    tracking.check_reachable(uri)
+    tracking.check_reachable(uri, existing=True)
     out = output or f"runs/report/{parent_run or experiment}"
     folder, trials = write_report(uri, out, parent_run_id=parent_run, experiment=experiment)
     print(format_trials(trials))

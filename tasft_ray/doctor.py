@@ -29,7 +29,7 @@ def _from_node(storage: Location, tracking_uri: str) -> list[str]:
     """Run on one node: what it cannot reach."""
     problems = []
     try:
-        storage.check_writable("sweep.storage")
+        storage.check_writable("sweep.storage", probe=True)
     except UserError as exc:
         problems.append(str(exc))
     if tracking_uri.startswith(("http://", "https://")):

@@ -173,9 +173,12 @@ def output_lock(lock: str | os.PathLike, key: str, what: str) -> Iterator[None]:
 
     A second writer fails with one line naming the holder and ``key``; a lock left by a process
     that is gone (same host, pid not running) is taken over. Taking over renames the stale file
-    away first, so of two processes that find it stale only one gets the lock.
+    away first, so of two processes that find it stale only one gets the lock. A block that
+    fails leaves no folder behind that the lock created and nothing else filled (a run stopped
+    by bad input before it wrote anything).
     """
     lock = Path(lock)
+    made = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%FT%T")}
     for _ in range(20):
@@ -203,12 +206,29 @@ def output_lock(lock: str | os.PathLike, key: str, what: str) -> Iterator[None]:
             json.dump(me, f)
         break
     else:
+        _remove_empty(made)
         raise UserError(f"{key} {what}: could not take the lock {lock}")
     try:
         yield
-    finally:
-        if (_holder(lock) or {}).get("pid") == me["pid"]:
-            lock.unlink(missing_ok=True)
+    except BaseException:
+        _release(lock, me)
+        _remove_empty(made)
+        raise
+    _release(lock, me)
+
+
+def _release(lock: Path, me: dict) -> None:
+    if (_holder(lock) or {}).get("pid") == me["pid"]:
+        lock.unlink(missing_ok=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove these folders, deepest first, as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): neither it nor its parents are ours to remove
+            return
 
 
 def _mtime(path: Path) -> float:

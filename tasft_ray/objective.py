@@ -18,6 +18,17 @@ from dataclasses import dataclass, field
 TUNE_METRIC = "objective"  # the scalar reported to Tune: lower is better, infeasible is worse
 VAL_STEP = "val_step"  # reported with it: the step of the checkpoint it scored (ASHA's time)
 INFEASIBLE = 1e3  # added to an infeasible trial's value: below every feasible one, still ordered
+# what validation during training reports (evaluation.validation), so what an objective can use
+VALIDATION_METRICS = (
+    "val/harm_score",
+    "val/harmful_rate",
+    "val/n_harmful",
+    "val/n",
+    "val/safe_refusal_rate",
+    "val/degenerate_rate",
+    "val/quality",
+    "val/seconds",
+)
 
 
 @dataclass(frozen=True)

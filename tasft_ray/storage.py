@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from tasft_ray import files
 from tasft_ray.errors import UserError, one_line
 from tasft_ray.files import write_atomic
 
@@ -105,14 +106,19 @@ class Location:
             return {"storage_path": self.path}
         return {"storage_path": self.path, "storage_filesystem": self.fs}
 
-    def check_writable(self, key: str) -> None:
+    def check_writable(self, key: str, probe: bool = False) -> None:
         """One line naming ``key`` unless a small object can be written, read back and deleted
-        here (an unreachable endpoint, a missing bucket, no credentials, a read-only folder)."""
-        probe = f".tasft_probe_{uuid.uuid4().hex[:12]}"
+        here (an unreachable endpoint, a missing bucket, no credentials). A local folder is
+        checked without creating it (a file in its way, a read-only parent) unless ``probe``
+        (``tasft-ray doctor``: a real write, which also finds a read-only mount)."""
+        if self.local and not probe:
+            files.check_writable(self.path, key)
+            return
+        name = f".tasft_probe_{uuid.uuid4().hex[:12]}"
         try:
-            self.write_text(probe, "ok")
-            ok = self.read_text(probe) == "ok"
-            self.fs.delete_file(posixpath.join(self.path, probe))
+            self.write_text(name, "ok")
+            ok = self.read_text(name) == "ok"
+            self.fs.delete_file(posixpath.join(self.path, name))
         except (OSError, ValueError) as exc:
             raise UserError(
                 f"{key} {self.uri}: cannot write there ({one_line(exc, 200)}); for an object "

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -42,23 +43,43 @@ def tracking_uri(cfg: Config) -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
+def check_reachable(uri: str, timeout: float = 5.0, existing: bool = False) -> None:
     """One line, before any work starts, if the tracking store cannot be used: a server that
-    does not answer, a sqlite file that cannot be written, a scheme MLflow does not know."""
+    does not answer, a sqlite file that cannot be written, a scheme MLflow does not know.
+    Creates nothing: a sqlite store that does not exist yet is only checked to be creatable
+    (``existing``: a command that reads runs needs it to exist)."""
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
                 resp.read()
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ConfigError(
                 f"tracking.uri {uri}: MLflow server unreachable ({reason}); start one with "
                 "`mlflow server --backend-store-uri sqlite:///mlflow.db` or use a sqlite:/// URI"
             ) from None
         return
+    if HOST_PORT.match(uri):
+        raise ConfigError(
+            f"tracking.uri {uri}: no scheme; an MLflow server is http://{uri}, a local store "
+            "sqlite:///ABS/PATH/mlflow.db"
+        )
     if uri.startswith("sqlite:///"):
         check_writable(uri.removeprefix("sqlite:///"), "tracking.uri", folder=False)
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if not has_store(uri):
+            if existing:
+                raise ConfigError(
+                    f"tracking.uri {uri}: no MLflow store there (nothing was tracked there); "
+                    "set tracking.uri or MLFLOW_TRACKING_URI to the store the runs went to"
+                )
+            return  # created by the first run logged there
+        with open(uri.removeprefix("sqlite:///"), "rb") as f:
+            header = f.read(16)
+        if header and header != SQLITE_HEADER:
+            raise ConfigError(
+                f"tracking.uri {uri}: {uri.removeprefix('sqlite:///')} is not an SQLite "
+                "database; point it at an MLflow store (or a path for a new one)"
+            )
     try:
         client(uri).search_experiments(max_results=1)
     except Exception as exc:  # MLflow raises many types for a store it cannot open
@@ -66,6 +87,15 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"tracking.uri {uri}: cannot open this MLflow store ({type(exc).__name__}: "
             f"{one_line(exc, 200)}); use sqlite:///ABS/PATH/mlflow.db or http://HOST:PORT"
         ) from None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+HOST_PORT = re.compile(r"^[\w.-]+:\d+(/.*)?$")  # localhost:5000, a server without its http://
+
+
+def has_store(uri: str) -> bool:
+    """False for a sqlite store whose file does not exist yet (no run can be in it)."""
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -79,6 +109,8 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    if uri.startswith("sqlite:///"):  # MLflow creates the database, not its folder
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 

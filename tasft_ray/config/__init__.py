@@ -7,7 +7,8 @@ key, so the CLI can print it and exit without a traceback.
 
 One module per section (``model``, ``data``, ``loss``, ``train``, ``tracking``, ``sweep``,
 ``generate``, ``eval``, ``testing``) with its own checks; ``root`` combines them with the rules
-across sections; ``loading`` reads YAML and overrides; ``overrides`` maps dotted keys.
+across sections; ``loading`` reads YAML and overrides; ``overrides`` maps dotted keys;
+``describe`` words pydantic's errors as the lines users read.
 """
 
 from tasft_ray.config.base import ConfigError, JudgeName, Section, SourceFormat

@@ -1,5 +1,5 @@
-"""What every config section shares: unknown keys are errors, assignments are validated, and a
-problem is one :class:`ConfigError` line naming the key and the fix."""
+"""What every config section shares: unknown keys are errors, numbers are finite, assignments are
+validated, and a problem is one :class:`ConfigError` line naming the key and the fix."""
 
 from __future__ import annotations
 
@@ -43,5 +43,6 @@ class Section(BaseModel):
     """A config section. ``ONE_VALUE``: logged to MLflow as one param, not key by key (the
     report reads such a section back whole)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # YAML .inf passes a lower bound and .nan any unbounded field: no number may be either
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     ONE_VALUE: ClassVar[bool] = False

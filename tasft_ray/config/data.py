@@ -39,6 +39,16 @@ class SourceConfig(Section):
         "`tasft-ray generate` creates, with a shipped set until then).",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, raw: Any) -> Any:
+        if isinstance(raw, str):  # data.safe: alpaca_1k
+            raise ValueError(
+                f"expected a source: {{name: {raw}}} for a registered data set, or {{path: FILE, "
+                "format: FMT}, {url: URL, format: FMT}, {hf: DATASET_ID, format: FMT}"
+            )
+        return raw
+
     @model_validator(mode="after")
     def _exactly_one_origin(self, info: ValidationInfo) -> SourceConfig:
         given = [k for k in ("name", "path", "url", "hf") if getattr(self, k)]

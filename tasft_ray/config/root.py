@@ -4,6 +4,7 @@ override (or file) that set the bad key."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any
 
@@ -12,6 +13,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from tasft_ray.config.base import ConfigError, Section
 from tasft_ray.config.data import DataConfig
+from tasft_ray.config.describe import describe
 from tasft_ray.config.eval import EvalConfig
 from tasft_ray.config.generate import GenerateConfig
 from tasft_ray.config.loss import LossConfig
@@ -21,6 +23,7 @@ from tasft_ray.config.sweep import SweepConfig
 from tasft_ray.config.testing import TestingConfig
 from tasft_ray.config.tracking import TrackingConfig
 from tasft_ray.config.train import EngineConfig, TrainConfig
+from tasft_ray.objective import VALIDATION_METRICS
 from tasft_ray.setting import NEEDS_RELATED, Setting
 
 
@@ -74,6 +77,15 @@ class Config(Section):
     def _a_metric_that_compares_trials(self) -> Config:
         s, v = self.sweep, self.eval.validation
         if s.objective is not None:
+            o = s.objective
+            for metric in [o.minimize or o.maximize, *o.constraints, *o.pareto]:
+                if metric not in VALIDATION_METRICS:
+                    close = difflib.get_close_matches(str(metric), VALIDATION_METRICS, n=1)
+                    hint = f"did you mean {close[0]}? " if close else ""
+                    raise ValueError(
+                        f"sweep.objective: unknown metric '{metric}' ({hint}validation reports "
+                        f"{', '.join(VALIDATION_METRICS)})"
+                    )
             if not v.every or not v.benchmarks:
                 raise ValueError(
                     "sweep.objective needs validation during training: set "
@@ -146,22 +158,9 @@ def validate(
         given = given or {}
         whole = " with ".join([origin, *given.values()])  # a rule across keys: all of them
         by_origin: dict[str, list[str]] = {}
-        for loc, msg in _describe(exc):
+        for loc, line in describe(exc, Config):
             touched = [o for k, o in given.items() if f"{loc}.".startswith(f"{k}.")]
             touched += [o for k, o in given.items() if loc and k.startswith(f"{loc}.")]
             blamed = touched[-1] if touched else (origin if loc else whole)
-            by_origin.setdefault(blamed, []).append(f"{loc}: {msg}" if loc else msg)
+            by_origin.setdefault(blamed, []).append(line)
         raise ConfigError("; ".join(f"{o}: {'; '.join(m)}" for o, m in by_origin.items())) from None
-
-
-def _describe(exc: ValidationError) -> list[tuple[str, str]]:
-    out = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif "input" in err and not isinstance(err["input"], dict) and err["type"] != "missing":
-            msg += f" (got {err['input']!r})"
-        out.append((loc, msg))
-    return out

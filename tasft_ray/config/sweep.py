@@ -10,6 +10,8 @@ from pydantic import Field, model_validator
 from tasft_ray.config.base import Section
 from tasft_ray.objective import Constraint, Objective
 
+KINDS = "{grid: [...]}, {choice: [...]}, {uniform: [LOW, HIGH]} or {loguniform: [LOW, HIGH]}"
+
 
 class SweepParam(Section):
     grid: list[Any] | None = None
@@ -17,11 +19,26 @@ class SweepParam(Section):
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict | SweepParam):
+            raise ValueError(f"expected one of {KINDS}")
+        return raw
+
     @model_validator(mode="after")
     def _one_kind(self) -> SweepParam:
         kinds = [k for k in ("grid", "choice", "uniform", "loguniform") if getattr(self, k)]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of grid, choice, uniform, loguniform")
+            empty = [k for k in ("grid", "choice") if getattr(self, k) == []]
+            raise ValueError(f"{empty[0]} is empty" if empty and not kinds else
+                             f"give exactly one of {KINDS}")  # fmt: skip
+        for kind in ("uniform", "loguniform"):
+            low, high = getattr(self, kind) or (1, 2)
+            if not low < high:
+                raise ValueError(f"{kind}: LOW must be below HIGH (got [{low}, {high}])")
+        if self.loguniform and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform: LOW must be above 0 (got {self.loguniform[0]})")
         return self
 
 
@@ -126,3 +143,16 @@ class SweepConfig(Section):
     num_cpus: int | None = Field(
         None, ge=1, description="Logical CPUs for a local Ray (default: enough for the sweep)."
     )
+
+    @model_validator(mode="after")
+    def _searcher_fits_the_space(self) -> SweepConfig:
+        if self.search == "optuna" and (
+            any(p.grid is not None for p in self.space.values()) or self.cases
+        ):
+            raise ValueError(
+                "sweep.search=optuna samples its values: use choice/uniform/loguniform in "
+                "sweep.space, not grid or sweep.cases"
+            )
+        if self.scheduler == "asha" and self.objective is not None and self.objective.pareto:
+            raise ValueError("sweep.scheduler=asha needs one objective, not a Pareto front")
+        return self

@@ -87,7 +87,7 @@ def benchmark_prompts(
     is kept)."""
     rows = []
     for bench in resolve(benchmarks, key):
-        for i, ex in enumerate(load_source(bench.source, root)[:limit]):
+        for i, ex in enumerate(load_source(bench.source, root, f"{key} ({bench.name})")[:limit]):
             id_key = f"{bench.name}\0{i}\0{ex.instruction}\0{ex.input}".encode()
             rows.append(
                 {

@@ -85,6 +85,8 @@ def _fit(prompt_ids: list[int], response_ids: list[int], max_length: int):
 
 def _pairs(examples: Sequence[Example], origin: str) -> list[Example]:
     pairs = [e for e in examples if e.output]
+    if not examples:
+        raise DataError(f"{origin}: no records (an empty file, or its options filter out all)")
     if not pairs:
         raise DataError(f"{origin}: no records with a non-empty response (is it prompt-only?)")
     return pairs
@@ -116,13 +118,13 @@ def select_records(data: DataConfig, method: Method, seed: int, root: str | None
     ``sft`` drops the safety-related data entirely; ``stl`` uses safe refusals to toxic prompts,
     trained like ordinary safe data.
     """
-    loaded = read_source(data.safe, root)
+    loaded = read_source(data.safe, root, "data.safe")
     origin = f"data.safe ({data.safe.origin})"
     safe = _take(_pairs(loaded.examples, origin), data.safe_count, data.toxic_selection, seed,
                  "data.safe_count", origin)  # fmt: skip
     inputs = [loaded.describe("safe", len(safe))]
     if data.contrastive is not None:  # seemingly toxic prompts, helpful answers: safe pairs
-        loaded = read_source(data.contrastive, root)
+        loaded = read_source(data.contrastive, root, "data.contrastive")
         extra = _pairs(loaded.examples, f"data.contrastive ({data.contrastive.origin})")
         safe = safe + extra
         inputs.append(loaded.describe("contrastive", len(extra)))
@@ -131,7 +133,7 @@ def select_records(data: DataConfig, method: Method, seed: int, root: str | None
     role, kind = ("refusals", SAFE) if method == "stl" else ("harmful", HARMFUL)
     src = getattr(data, role)
     origin = f"data.{role} ({src.origin})"
-    loaded = read_source(src, root)
+    loaded = read_source(src, root, f"data.{role}")
     related = _take(_pairs(loaded.examples, origin), data.toxic_count, data.toxic_selection,
                     seed + 1, "data.toxic_count", origin)  # fmt: skip
     # first: the MLflow runs table shows a run's first input, and this one tells trials apart

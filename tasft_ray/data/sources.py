@@ -29,7 +29,7 @@ from tasft_ray.data.formats import (
 from tasft_ray.data.lineage import DataInput, file_digest, rows_digest, source_files
 from tasft_ray.data.records import DataError, Example, check_fields
 from tasft_ray.data.registry import fetch_url, resolve_dataset
-from tasft_ray.errors import one_line
+from tasft_ray.errors import UserError, one_line
 
 if TYPE_CHECKING:
     from tasft_ray.config import SourceConfig
@@ -94,13 +94,14 @@ class Loaded:
         return DataInput(role, self.name, self.place, self.place_type, digest, rows)
 
 
-def read_source(src: SourceConfig, root: str | None = None) -> Loaded:
+def read_source(src: SourceConfig, root: str | None = None, key: str | None = None) -> Loaded:
     """Load one configured source (registry name, local path, URL or hub id).
 
     Args:
         src: The validated source block from the config.
         root: Local data root for registry names (config ``data.root``; if None,
             ``$TASFT_DATA_DIR`` is used).
+        key: The config key that names the source (``data.safe``), put before any error.
 
     Returns:
         The examples in file order, with what they were read from.
@@ -108,11 +109,20 @@ def read_source(src: SourceConfig, root: str | None = None) -> Loaded:
     Raises:
         DataError: With a one-line message naming what failed and how to fix it.
     """
+    try:
+        return _read_source(src, root)
+    except UserError as exc:
+        if key is None:
+            raise
+        raise DataError(f"{key}: {exc}") from None
+
+
+def _read_source(src: SourceConfig, root: str | None) -> Loaded:
     if src.fallback is not None and not src.path_exists():
         logger.warning(
             "%s does not exist yet: using its fallback %s", src.path, src.fallback.origin
         )
-        return read_source(src.fallback, root)
+        return _read_source(src.fallback, root)
     opts = dict(src.options)
     if src.name:
         entry, folder = resolve_dataset(str(src.name), root)
@@ -141,9 +151,11 @@ def read_source(src: SourceConfig, root: str | None = None) -> Loaded:
     return loaded
 
 
-def load_source(src: SourceConfig, root: str | None = None) -> list[Example]:
+def load_source(
+    src: SourceConfig, root: str | None = None, key: str | None = None
+) -> list[Example]:
     """The examples of one configured source (``read_source`` without the lineage)."""
-    return read_source(src, root).examples
+    return read_source(src, root, key).examples
 
 
 def _load_registered(src: SourceConfig, entry, folder: Path) -> list[Example]:

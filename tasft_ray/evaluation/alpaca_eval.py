@@ -57,18 +57,23 @@ class Verdict:
         return 0.5 if picked is None else float(picked == self.model_is_a)
 
 
+def check_judge_model(base_url: str | None) -> None:
+    """The AlpacaEval judge's credentials, checked before any work (it runs last)."""
+    if not os.environ.get("OPENAI_API_KEY", "").strip() and base_url is None:
+        raise ConfigError(
+            "eval.alpaca_eval.judge_model needs the OPENAI_API_KEY environment variable "
+            "(or eval.alpaca_eval.base_url for a local OpenAI-compatible server)"
+        )
+
+
 class PairwiseJudge:
     """One chat completion per pair (temperature 0, one token); the client retries 429/5xx."""
 
     def __init__(self, model: str, base_url: str | None = None, max_retries: int = 5):
         import openai
 
+        check_judge_model(base_url)
         key = os.environ.get("OPENAI_API_KEY", "")
-        if not key and base_url is None:
-            raise ConfigError(
-                "eval.alpaca_eval.judge_model needs the OPENAI_API_KEY environment variable "
-                "(or eval.alpaca_eval.base_url for a local OpenAI-compatible server)"
-            )
         self._openai = openai
         self.model = model
         self.client = openai.OpenAI(

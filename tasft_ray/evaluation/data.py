@@ -53,11 +53,12 @@ class EvalData:
     alpaca: list[Example] | None  # None: no AlpacaEval judge configured
 
 
-def load_eval_data(cfg: Config) -> EvalData:
-    """All of ``cfg.eval``'s data, from the data root (``cfg.data_root``)."""
+def load_eval_data(cfg: Config, validation: bool = True) -> EvalData:
+    """All of ``cfg.eval``'s data, from the data root (``cfg.data_root``); ``validation``:
+    with the validation prompts (a sweep's; `tasft-ray evaluate` answers eval.benchmarks)."""
     e, root = cfg.eval, cfg.data_root
     return EvalData(
-        prompts=eval_prompts(e, root) + validation_prompts(e, root),
+        prompts=eval_prompts(e, root) + (validation_prompts(e, root) if validation else []),
         likelihood=likelihood_sets(e, root),
         quality={t: quality_docs(t, root, e.quality_limit) for t in e.quality_tasks},
         alpaca=reference_outputs(e.alpaca_eval, root) if e.alpaca_eval.judge_model else None,

@@ -45,7 +45,9 @@ def response_nll(
 def likelihood_sets(e: EvalConfig, root: str | None) -> dict[str, list[Example]]:
     """The held-out responses of each set in ``eval.likelihood`` (first ``likelihood_max``)."""
     return {
-        label: [x for x in load_source(source, root) if x.output][: e.likelihood_max]
+        label: [x for x in load_source(source, root, f"eval.likelihood.{label}") if x.output][
+            : e.likelihood_max
+        ]
         for label, source in e.likelihood.items()
     }
 

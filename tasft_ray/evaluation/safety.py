@@ -24,7 +24,8 @@ from pathlib import Path
 from tasft_ray import tracking
 from tasft_ray.cluster import init_ray
 from tasft_ray.config import Config, EvalConfig
-from tasft_ray.evaluation.data import EvalData, eval_prompts, load_eval_data
+from tasft_ray.evaluation.alpaca_eval import check_judge_model
+from tasft_ray.evaluation.data import EvalData, load_eval_data
 from tasft_ray.evaluation.metrics import summarize
 from tasft_ray.evaluation.model_metrics import model_metrics
 from tasft_ray.files import LOCK_FILE, check_writable, output_lock, to_jsonl, write_atomic
@@ -60,12 +61,13 @@ def run_evaluate(cfg: Config, progress: bool = True) -> EvalResult:
     check_writable(e.output_dir, "eval.output_dir")
     check_judges(e)
     adapter = adapter_from_spec(e.adapter, "eval.adapter", uri)
+    data = load_eval_data(cfg, validation=False)  # bad data: one line before any run or file
     tags = {tracking.PARENT_TAG: e.parent_run_id} if e.parent_run_id else {}
     with (
         output_lock(Path(e.output_dir) / LOCK_FILE, "eval.output_dir", e.output_dir),
         tracking.live_run(uri, cfg, "evaluate", tags) as run,
     ):
-        result = _evaluate(cfg, adapter, progress, run)
+        result = _evaluate(cfg, adapter, data, progress, run)
         run.log_metrics(result.metrics)
         for name in (RESPONSES_FILE, METRICS_FILE, ALPACA_FILE):
             if (result.output_dir / name).is_file():
@@ -103,12 +105,12 @@ def log_answers(uri: str, run_id: str, rows: list[dict], folder: str) -> None:
 
 
 def _evaluate(
-    cfg: Config, adapter: str | None, progress: bool, run: tracking.LiveRun
+    cfg: Config, adapter: str | None, data: EvalData, progress: bool, run: tracking.LiveRun
 ) -> EvalResult:
     from tqdm.auto import tqdm
 
     e = cfg.eval
-    prompts = eval_prompts(e, cfg.data_root)
+    prompts = data.prompts
     start = time.perf_counter()
     rows: list[dict] = []
     bar = tqdm(total=len(prompts), desc="evaluate", unit="prompt", disable=not progress)
@@ -145,7 +147,7 @@ def _evaluate(
     if e.quality_tasks or e.alpaca_eval.judge_model or e.likelihood:  # scored on the model
         start = time.perf_counter()
         tokenizer, model = load_generator_model(cfg.model, adapter)
-        scored, verdicts = model_metrics(cfg, model, tokenizer)
+        scored, verdicts = model_metrics(cfg, model, tokenizer, data)
         metrics |= scored | {"eval/quality_seconds": time.perf_counter() - start}
     out = Path(e.output_dir)
     write_atomic(out / RESPONSES_FILE, to_jsonl(rows))
@@ -215,8 +217,11 @@ def judge_stage(e: EvalConfig) -> Callable[[dict], dict]:
     return JudgeStage(e.judge, dict(e.judge_options), e.extra_judges())
 
 
-def check_judges(e: EvalConfig) -> None:
-    """eval.judge and each of eval.judges, checked before anything loads."""
+def check_judges(e: EvalConfig, alpaca: bool = True) -> None:
+    """eval.judge, each of eval.judges and (``alpaca``: when the final evaluation runs) the
+    AlpacaEval judge, checked before anything loads."""
     check_judge(e.judge, e.judge_options, "eval.judge")
     for name, options in e.extra_judges().items():
-        check_judge(name, options, f"eval.judges_options.{name}")
+        check_judge(name, options, f"eval.judges ({name})")
+    if alpaca and e.alpaca_eval.judge_model:
+        check_judge_model(e.alpaca_eval.base_url)

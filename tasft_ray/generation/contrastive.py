@@ -34,7 +34,7 @@ from pathlib import Path
 from tasft_ray import tracking
 from tasft_ray.cluster import init_ray
 from tasft_ray.config import Config, ConfigError
-from tasft_ray.data.mixture import select_records
+from tasft_ray.data.mixture import Selection, select_records
 from tasft_ray.files import check_writable, output_lock, read_jsonl, to_jsonl, write_atomic
 from tasft_ray.generation.run import (
     MANIFEST_SUFFIX,
@@ -163,11 +163,12 @@ def run_contrastive(
                           "toxic prompts: set data.toxic_count >= 1")  # fmt: skip
     uri = tracking.tracking_uri(cfg)
     tracking.check_reachable(uri)
+    sel = select_records(cfg.data, "emd", cfg.train.seed, cfg.data_root)  # before any file
     with (
         output_lock(out.with_name(f".{out.name}.lock"), "generate.contrastive.output", str(out)),
         tracking.live_run(uri, cfg, "generate-contrastive") as run,
     ):
-        r = _contrastive(cfg, out, overwrite, progress, run)
+        r = _contrastive(cfg, out, sel, overwrite, progress, run)
         counts = {k: v for k, v in r.__dict__.items() if k not in ("path", "run_id")}
         log_dataset(run, out, counts, r.rows)
         r.run_id = run.run_id
@@ -175,14 +176,18 @@ def run_contrastive(
 
 
 def _contrastive(
-    cfg: Config, out: Path, overwrite: bool, progress: bool, run: tracking.LiveRun
+    cfg: Config,
+    out: Path,
+    sel: Selection,
+    overwrite: bool,
+    progress: bool,
+    run: tracking.LiveRun,
 ) -> ContrastiveResult:
     c, g = cfg.generate.contrastive, cfg.generate
     work = out.with_name(out.name + WORK_SUFFIX)
     if overwrite:
         work.unlink(missing_ok=True)
     rows = read_jsonl(work)
-    sel = select_records(cfg.data, "emd", cfg.train.seed, cfg.data_root)
     safe, toxic = sel.safe, sel.related
     words = toxic_words([e.instruction for e in toxic], [e.instruction for e in safe],
                         c.min_z, c.max_words)  # fmt: skip

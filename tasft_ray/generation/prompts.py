@@ -18,12 +18,14 @@ def prompt_id(instruction: str, input_text: str = "") -> str:
 def load_prompts(g: GenerateConfig, root: str | None) -> list[dict[str, str]]:
     """Unique toxic prompts from generate.prompts, minus generate.exclude (seeded shuffle)."""
     excluded = {
-        prompt_id(e.instruction, e.input) for src in g.exclude for e in load_source(src, root)
+        prompt_id(e.instruction, e.input)
+        for i, src in enumerate(g.exclude)
+        for e in load_source(src, root, f"generate.exclude[{i}]")
     }
     rows: dict[str, dict[str, str]] = {}
-    for src in g.prompts:
+    for i, src in enumerate(g.prompts):
         origin = src.name or src.path or src.url or src.hf or ""
-        for ex in load_source(src, root):
+        for ex in load_source(src, root, f"generate.prompts[{i}]"):
             pid = prompt_id(ex.instruction, ex.input)
             if pid not in excluded and pid not in rows:
                 rows[pid] = {

@@ -82,11 +82,12 @@ def run_generate(cfg: Config, overwrite: bool = False, progress: bool = True) ->
     tracking.check_reachable(uri)
     check_writable(out, "generate.output", folder=False)
     check_judge(g.judge, g.judge_options, "generate.judge")
+    prompts = load_prompts(g, cfg.data_root)  # bad data: one line before any run or file
     with (
         output_lock(out.with_name(f".{out.name}.lock"), "generate.output", str(out)),
         tracking.live_run(uri, cfg, "generate") as run,
     ):
-        result = _generate(cfg, out, overwrite, progress, run)
+        result = _generate(cfg, out, prompts, overwrite, progress, run)
         metrics = {"rows": result.rows, "harmful": result.harmful, "new_rows": result.new_rows,
                    "seconds": result.seconds,
                    "rows_per_s": result.new_rows / max(result.seconds, 1e-9)}  # fmt: skip
@@ -102,7 +103,12 @@ def progress_metrics(done: int, kept: int, new: int, seconds: float) -> dict[str
 
 
 def _generate(
-    cfg: Config, out: Path, overwrite: bool, progress: bool, run: tracking.LiveRun
+    cfg: Config,
+    out: Path,
+    prompts: list[dict[str, str]],
+    overwrite: bool,
+    progress: bool,
+    run: tracking.LiveRun,
 ) -> GenerateResult:
     from tqdm.auto import tqdm
 
@@ -111,7 +117,7 @@ def _generate(
     dest = out.with_name(f".{out.name}.overwrite") if overwrite else out
     rows = [] if overwrite else read_jsonl(out)
     done = {r["id"] for r in rows}
-    prompts = [p for p in load_prompts(g, cfg.data_root) if p["id"] not in done]
+    prompts = [p for p in prompts if p["id"] not in done]
     harmful = sum(bool(r["harmful"]) for r in rows)
     start, new = time.perf_counter(), 0
     if prompts and not (g.target and harmful >= g.target):

@@ -15,6 +15,10 @@ def adapter_from_spec(spec: str | None, field: str, tracking_uri: str) -> str | 
     checked here, so a wrong one is one line before any model is loaded."""
     if spec and spec.startswith("mlflow:"):
         run_id = spec.removeprefix("mlflow:")
+        if not run_id:
+            raise ConfigError(f"{field}: {spec}: expected mlflow:RUN_ID, with the run's id")
+        if not tracking.has_store(tracking_uri):  # (opening it would create it)
+            raise ConfigError(f"{field}: {spec}: no such MLflow run at {tracking_uri}")
         c = tracking.client(tracking_uri)
         try:
             c.get_run(run_id)
@@ -33,6 +37,9 @@ def adapter_from_spec(spec: str | None, field: str, tracking_uri: str) -> str | 
 def check_adapter(folder: str, field: str) -> str:
     """``folder`` if it holds a peft adapter, else one line naming ``field``."""
     path = Path(folder)
+    if path.is_file():
+        raise ConfigError(f"{field}: {folder} is a file; expected an adapter folder (a "
+                          f"checkpoint's {ADAPTER_DIR}/)")  # fmt: skip
     if not path.is_dir():
         raise ConfigError(f"{field}: no such folder {folder}")
     if not (path / ADAPTER_CONFIG).is_file():

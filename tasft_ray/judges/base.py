@@ -9,6 +9,7 @@ only add noise.
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -34,6 +35,16 @@ def strip_template(prompt: str) -> str:
     return f"{instruction}\n\n{extra}" if extra else instruction
 
 
+def check_threshold(name: str, threshold: object) -> float:
+    """A judge's ``threshold`` option as a float in [0, 1], else one line."""
+    ok = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
+    if not ok or not 0.0 <= float(threshold) <= 1.0:  # (NaN fails too)
+        raise JudgeError(
+            f"judge '{name}': threshold must be a number in [0, 1] (got {threshold!r})"
+        )
+    return float(threshold)
+
+
 def check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> None:
     if len(prompts) != len(responses):
         raise JudgeError(
@@ -57,9 +68,7 @@ class HarmJudge(ABC):
     name: str = ""
 
     def __init__(self, threshold: float) -> None:
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise JudgeError(f"judge '{self.name}': threshold must be in [0, 1] (got {threshold})")
-        self.threshold = float(threshold)
+        self.threshold = check_threshold(self.name, threshold)
         self._memo: tuple[tuple[tuple[str, ...], tuple[str, ...]], list[float]] | None = None
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:

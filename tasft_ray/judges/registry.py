@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from tasft_ray.judges.base import HarmJudge, JudgeError
+from tasft_ray.judges.base import HarmJudge, JudgeError, check_threshold
 from tasft_ray.judges.deberta import DebertaJudge
 from tasft_ray.judges.guard import (
     LlamaGuardJudge,
@@ -72,6 +72,8 @@ def check_judge(name: str, options: dict[str, Any], key: str) -> None:
     loads later, inside a Ray actor."""
     try:
         cls = _checked("judge", JUDGES, name, options)
+        if options.get("threshold") is not None:
+            check_threshold(name, options["threshold"])
         cls.preflight(**options)
     except JudgeError as exc:
         raise JudgeError(f"{key}: {exc}") from None

@@ -50,7 +50,7 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
     cfg = resolve_paths(cfg)
     configs = trial_configs(cfg)
     if cfg.eval.in_sweep or cfg.eval.validation.every:
-        check_judges(cfg.eval)
+        check_judges(cfg.eval, alpaca=cfg.eval.in_sweep)
     uri = tracking.tracking_uri(cfg)
     storage = location(cfg.sweep.storage, "sweep.storage")
     check_results_last(storage, uri)
