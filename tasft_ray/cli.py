@@ -240,9 +240,11 @@ def _run(args: argparse.Namespace) -> int:
         return _report(cfg, args.parent_run, args.experiment, args.output)
     if args.command == "doctor":
         return _doctor(cfg)
+    from tasft_ray.sweep.prepared import training_mixture
     from tasft_ray.training.local import run_training
 
-    result = run_training(cfg, resume=args.resume)
+    # the mixture as a sweep's driver builds it (STAR-DSS: scored by its guardrail)
+    result = run_training(cfg, resume=args.resume, prepare_mixture=training_mixture)
     loss = result.metrics.get("loss/total", float("nan"))
     done = (
         f"already finished at step {result.step}"

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Method = Literal["sft", "emd", "nlcl", "kto", "stl"]
+Method = Literal["sft", "emd", "nlcl", "kto", "stl", "star"]
 # Report and summary order: the baseline first, the paper's penalties, then the other baselines.
-METHOD_ORDER: tuple[str, ...] = ("sft", "emd", "nlcl", "stl", "kto")
+METHOD_ORDER: tuple[str, ...] = ("sft", "emd", "nlcl", "stl", "kto", "star")
 USES_LAMBDA: tuple[str, ...] = ("emd", "nlcl")  # the only methods whose loss has a λ
 # Methods whose loss needs the safety-related rows: without them they would silently be SFT.
-NEEDS_RELATED: tuple[str, ...] = ("emd", "nlcl", "kto", "stl")
+# (star, STAR-DSS, is given no labels but is only a defence against the harmful rows it is fed.)
+NEEDS_RELATED: tuple[str, ...] = ("emd", "nlcl", "kto", "stl", "star")
 
 
 def method_rank(method: str) -> int:

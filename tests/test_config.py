@@ -33,7 +33,10 @@ def test_bare_name_and_overrides_parse_as_yaml():
         ("loss.lam=-1", "loss.lam: Input should be greater than or equal to 0 (got -1)"),
         ("loss.lamda=1", "loss.lamda: unknown key"),
         ("modle.name=x", "modle: unknown key"),
-        ("loss.method=dpo", "loss.method: Input should be 'sft', 'emd', 'nlcl', 'kto' or 'stl'"),
+        (
+            "loss.method=dpo",
+            "loss.method: Input should be 'sft', 'emd', 'nlcl', 'kto', 'stl' or 'star'",
+        ),
         ("data.toxic_count=-3", "data.toxic_count: Input should be greater than or equal to 0"),
         ("eval.stage.mode=remote", "eval.stage.mode: Input should be 'inline' or 'shared'"),
         ("eval.stage.evaluators=0", "eval.stage.evaluators: Input should be greater than or"),

@@ -61,6 +61,8 @@ CASES = [
     dict(method="nlcl", lam=0.7, reduction="sequence_sum"),
     dict(method="kto"),
     dict(method="stl"),
+    dict(method="star", star_kl_weight=0.7),
+    dict(method="star", star_kl_weight=0.3, reduction="sequence_sum"),
 ]
 
 
@@ -75,6 +77,10 @@ def test_fused_equals_reference(case, tied, softcap):
     extra = dict(embeddings=emb, chunk_size=chunk, **case)
     if case["method"] == "kto":
         extra["reference_logps"] = torch.linspace(-90.0, -60.0, B)
+    if case["method"] == "star":
+        g = torch.Generator().manual_seed(5)
+        extra["star_safety"] = torch.rand(labels.shape, generator=g)
+        extra["reference_token_logps"] = -4 * torch.rand(labels.shape, generator=g)
 
     results = []
     for fused in (False, True):

@@ -119,15 +119,16 @@ def test_best_lambda_compares_lambda_values_over_their_seeds():
 
 
 def test_lambda_is_shown_only_for_the_penalty_methods():
-    # STL and KTO carry the config's loss.lam but their losses never read it
+    # STL, KTO and STAR-DSS carry the config's loss.lam but their losses never read it
     shown = {m: (_trial(m, 4.0, 1, 0.1, None).lam_text, _trial(m, 4.0, 1, 0.1, None).label)
-             for m in ("sft", "emd", "nlcl", "stl", "kto")}  # fmt: skip
+             for m in ("sft", "emd", "nlcl", "stl", "kto", "star")}  # fmt: skip
     assert shown == {
         "sft": ("–", "sft n=100"),
         "emd": ("4", "emd λ=4 n=100"),
         "nlcl": ("4", "nlcl λ=4 n=100"),
         "stl": ("–", "stl n=100"),
         "kto": ("–", "kto n=100"),
+        "star": ("–", "star n=100"),
     }
 
 

@@ -2,7 +2,8 @@
 
 Every example keeps its kind (SAFE rows get the SFT loss, HARMFUL rows the penalty), prompts are
 masked with -100 so only response tokens are scored, and each response ends with EOS: base models
-such as Gemma 3 never stop on their own unless SFT teaches them to.
+such as Gemma 3 never stop on their own unless SFT teaches them to. STAR-DSS adds one STAR score
+per label (``Mixture.safety``, filled by ``data.star``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Mixture:
     labels: list[list[int]] = field(default_factory=list)
     kinds: list[int] = field(default_factory=list)
     inputs: list[DataInput] = field(default_factory=list)  # the sources it was built from
+    # STAR-DSS only: per row, one STAR score per label position (0 where the label is ignored)
+    safety: list[list[float]] | None = None
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -41,6 +44,10 @@ class Mixture:
         self.kinds.append(kind)
 
     def extend(self, other: Mixture) -> None:
+        if (self.safety is None) != (other.safety is None) and len(self) and len(other):
+            raise ValueError("cannot join a mixture with STAR scores and one without")
+        if other.safety is not None:
+            self.safety = (self.safety or []) + other.safety
         self.input_ids += other.input_ids
         self.labels += other.labels
         self.kinds += other.kinds
@@ -51,9 +58,11 @@ class Mixture:
 
     def subset(self, kind: int) -> Mixture:
         out = Mixture()
-        for i, k in enumerate(self.kinds):
-            if k == kind:
-                out.add(self.input_ids[i], self.labels[i], k)
+        keep = [i for i, k in enumerate(self.kinds) if k == kind]
+        for i in keep:
+            out.add(self.input_ids[i], self.labels[i], kind)
+        if self.safety is not None:
+            out.safety = [self.safety[i] for i in keep]
         return out
 
 
@@ -201,7 +210,8 @@ def group_by_length(
 
 
 def collate(mixture: Mixture, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch: input_ids/attention_mask/labels (B, T) and kinds (B,)."""
+    """Right-pad a micro-batch: input_ids/attention_mask/labels (B, T) and kinds (B,), and the
+    STAR scores (B, T) float, 0 on padding, when the mixture has them."""
     width = max(len(mixture.input_ids[i]) for i in indices)
     ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
     labels = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
@@ -212,4 +222,10 @@ def collate(mixture: Mixture, indices: Sequence[int], pad_id: int) -> dict[str, 
         labels[row, :n] = torch.tensor(mixture.labels[i])
         mask[row, :n] = 1
     kinds = torch.tensor([mixture.kinds[i] for i in indices], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "kinds": kinds}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "kinds": kinds}
+    if mixture.safety is not None:
+        safety = torch.zeros((len(indices), width), dtype=torch.float32)
+        for row, i in enumerate(indices):
+            safety[row, : len(mixture.safety[i])] = torch.tensor(mixture.safety[i])
+        batch["safety"] = safety
+    return batch

@@ -17,7 +17,8 @@ Call tree::
     tasft_loss ─┬─ sft_term ──── map_chunks(LOGPROB)             sft.py
                 ├─ emd_term ──── map_chunks(EMD)                 emd.py
                 ├─ nlcl_term ─── map_chunks(LOGPROB) + log1mexp  nlcl.py
-                └─ kto_loss(sequence log-probs, reference)       kto.py
+                ├─ kto_loss(sequence log-probs, reference)       kto.py
+                └─ star_values ─ map_chunks(LOGPROB) + ★DSS      star.py
 """
 
 from tasft_ray.losses.chunks import IGNORE_INDEX, OutputHead, Reduction
@@ -25,13 +26,16 @@ from tasft_ray.losses.emd import emd_loss
 from tasft_ray.losses.kto import kto_loss
 from tasft_ray.losses.logprob import log1mexp
 from tasft_ray.losses.nlcl import nlcl_loss
-from tasft_ray.losses.sft import sequence_logprobs, sft_loss
+from tasft_ray.losses.sft import sequence_logprobs, sft_loss, token_logprobs
+from tasft_ray.losses.star import STAR_KL_WEIGHT, STAR_SEGMENT_TOKENS, star_loss
 from tasft_ray.losses.tasft import HARMFUL, SAFE, LossParts, tasft_loss
 
 __all__ = [
     "HARMFUL",
     "IGNORE_INDEX",
     "SAFE",
+    "STAR_KL_WEIGHT",
+    "STAR_SEGMENT_TOKENS",
     "LossParts",
     "OutputHead",
     "Reduction",
@@ -41,5 +45,7 @@ __all__ = [
     "nlcl_loss",
     "sequence_logprobs",
     "sft_loss",
+    "star_loss",
     "tasft_loss",
+    "token_logprobs",
 ]

@@ -53,6 +53,11 @@ class Positions:
         keep = row_mask[self.seq]
         return Positions(self.rows[keep], self.targets[keep], self.seq[keep], self.batch_size)
 
+    def at_targets(self, per_label: Tensor) -> Tensor:
+        """(B, T) values aligned with the labels -> (N,) the value of each scored position's
+        target: logits[b, t] predicts labels[b, t + 1], so row b·T + t reads entry b·T + t + 1."""
+        return per_label.reshape(-1)[self.rows + 1]
+
     def per_sequence_sum(self, values: Tensor) -> Tensor:
         """(N,) per-token values -> (B,) sums; rows without response tokens get 0."""
         out = values.new_zeros(self.batch_size)

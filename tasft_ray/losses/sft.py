@@ -54,3 +54,19 @@ def sequence_logprobs(
     pos = Positions.of(labels, ignore_index)
     stats = map_chunks(LOGPROB, flat_input(logits), pos, chunk_size=chunk_size)
     return pos.per_sequence_sum(stats[:, 0])
+
+
+def token_logprobs(
+    logits: Tensor | OutputHead,
+    labels: Tensor,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """(B, T) log Q(labels[b, t] | prefix), aligned with ``labels``; 0 where ``labels`` is
+    ``ignore_index`` (and in column 0, which no logit predicts). The per-token form of
+    ``sequence_logprobs`` (STAR-DSS's reference log-probs)."""
+    pos = Positions.of(labels, ignore_index)
+    stats = map_chunks(LOGPROB, flat_input(logits), pos, chunk_size=chunk_size)
+    out = stats.new_zeros(labels.numel())
+    return out.index_copy(0, pos.rows + 1, stats[:, 0]).reshape(labels.shape)

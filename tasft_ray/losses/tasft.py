@@ -1,5 +1,5 @@
 """The TA-SFT objective (eq. 6 / eq. 8): SFT on the safe rows of a batch plus λ times a penalty
-on its harmful rows, and the baselines that share the batch layout (SFT, STL, KTO)."""
+on its harmful rows, and the baselines that share the batch layout (SFT, STL, KTO, STAR-DSS)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tasft_ray.losses.kto import kto_loss
 from tasft_ray.losses.logprob import LOGPROB
 from tasft_ray.losses.nlcl import nlcl_term
 from tasft_ray.losses.sft import sft_term
+from tasft_ray.losses.star import STAR_KL_WEIGHT, star_values
 
 SAFE, HARMFUL = 0, 1  # the kind of a row: D_safety-unrelated, or D_safety-related (penalised)
 
@@ -43,7 +44,7 @@ def tasft_loss(
     labels: Tensor,
     kinds: Tensor,
     *,
-    method: Literal["sft", "emd", "nlcl", "kto", "stl"],
+    method: Literal["sft", "emd", "nlcl", "kto", "stl", "star"],
     lam: float = 1.0,
     embeddings: Tensor | None = None,
     reference_logps: Tensor | None = None,
@@ -52,6 +53,9 @@ def tasft_loss(
     kto_beta: float = 0.1,
     kto_desirable_weight: float = 1.0,
     kto_undesirable_weight: float = 1.0,
+    star_safety: Tensor | None = None,
+    reference_token_logps: Tensor | None = None,
+    star_kl_weight: float = STAR_KL_WEIGHT,
     ignore_index: int = IGNORE_INDEX,
     chunk_size: int | None = None,
 ) -> LossParts:
@@ -60,13 +64,18 @@ def tasft_loss(
     A term whose rows are absent from the batch is 0. ``sft`` and ``stl`` train on the safe rows
     only (for ``stl`` the safety data are safe refusals, so every row is safe); ``kto`` replaces
     both terms by the KTO loss (safe = desirable, harmful = undesirable) and reports the safe-row
-    NLL as ``sft`` without gradient.
+    NLL as ``sft`` without gradient. ``star`` (★DSS, ``losses.star``) trains every row, safe or
+    harmful, with the same STAR-weighted term; it reports the safe-row NLL as ``sft`` and its own
+    term on the harmful rows as ``penalty``, both without gradient.
 
     Args:
         logits: (B, T, V), or an ``OutputHead`` for the fused path. labels: (B, T).
             kinds: (B,) SAFE/HARMFUL.
         embeddings: (V, d), required for ``emd``.
         reference_logps: (B,) sequence log-probs under the reference model, required for ``kto``.
+        star_safety: (B, T) STAR scores aligned with ``labels``, required for ``star``.
+        reference_token_logps: (B, T) per-token log-probs of the labels under the reference
+            model (``token_logprobs``), required for ``star``.
     """
     flat = flat_input(logits)
     pos = Positions.of(labels, ignore_index)
@@ -90,6 +99,26 @@ def tasft_loss(
         with torch.no_grad():
             sft = reduce_tokens(-stats[:, 0][safe_rows[pos.seq]], safe, reduction)
         return LossParts(total, sft, total.detach(), n_safe, n_harmful)
+
+    if method == "star":
+        if star_safety is None or reference_token_logps is None:
+            raise ValueError(
+                "method 'star' needs star_safety (STAR scores) and reference_token_logps "
+                "(adapter-disabled per-token log-probs)"
+            )
+        values, logp = star_values(
+            flat,
+            pos,
+            pos.at_targets(star_safety),
+            pos.at_targets(reference_token_logps),
+            star_kl_weight,
+            chunk_size,
+        )
+        total = reduce_tokens(values, pos, reduction)
+        with torch.no_grad():
+            sft = reduce_tokens(-logp[safe_rows[pos.seq]], safe, reduction)
+            penalty = reduce_tokens(values[harmful_rows[pos.seq]], harmful, reduction)
+        return LossParts(total, sft, penalty, n_safe, n_harmful)
 
     sft = sft_term(flat, safe, reduction, chunk_size)
     if method in ("sft", "stl") or harmful.rows.numel() == 0:

@@ -3,8 +3,10 @@ tokenised training mixtures and the evaluation data (and, with ``eval.stage.mode
 the handles of the evaluation stage the driver starts). Trials and their Train workers read no data
 file, data root or cache, on whatever node they run; the driver alone needs the data.
 
-One mixture per distinct (model tokenizer, data section, method, seed) among the sweep's trial
-configs, one evaluation set per distinct eval section; trials that share them share one copy.
+One mixture per distinct (model tokenizer, data section, method, seed — and for STAR-DSS its
+guardrail and segment length) among the sweep's trial configs, one evaluation set per distinct
+eval section; trials that share them share one copy. ``training_mixture`` builds one, for the
+driver here and for ``tasft-ray train``.
 """
 
 from __future__ import annotations
@@ -17,24 +19,43 @@ from typing import Any
 
 from tasft_ray.config import Config, ConfigError
 from tasft_ray.data.lineage import DataInput
-from tasft_ray.data.mixture import build_mixture
+from tasft_ray.data.mixture import Mixture, build_mixture
+from tasft_ray.data.star import star_scores
 from tasft_ray.evaluation.safety import load_eval_data
 from tasft_ray.evaluation.validation import load_validation_data
+from tasft_ray.judges import check_judge, load_judge
 from tasft_ray.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 def mixture_key(cfg: Config) -> str:
-    return json.dumps(
-        {
-            "model": [cfg.model.name, cfg.model.revision],
-            "data": cfg.data.model_dump(mode="json"),
-            "method": cfg.loss.method,
-            "seed": cfg.train.seed,
-        },
-        sort_keys=True,
-    )
+    key = {
+        "model": [cfg.model.name, cfg.model.revision],
+        "data": cfg.data.model_dump(mode="json"),
+        "method": cfg.loss.method,
+        "seed": cfg.train.seed,
+    }
+    if cfg.loss.method == "star":  # the STAR scores shipped with the rows
+        lc = cfg.loss
+        key["star"] = [lc.star_judge, lc.star_judge_options, lc.star_segment_tokens]
+    return json.dumps(key, sort_keys=True)
+
+
+def training_mixture(cfg: Config, tokenizer=None) -> Mixture:
+    """The mixture a run trains on, built the one way the sweep driver and ``tasft-ray train``
+    share: sources selected and tokenised (``data.mixture``), and for ``loss.method=star`` every
+    response scored segment by segment by ``loss.star_judge`` (``data.star``), once."""
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+    mixture = build_mixture(cfg.data, cfg.loss.method, tokenizer, cfg.train.seed, cfg.data_root)
+    if cfg.loss.method == "star":
+        lc = cfg.loss
+        check_judge(lc.star_judge, lc.star_judge_options, "loss.star_judge")
+        judge = load_judge(lc.star_judge, **lc.star_judge_options)
+        mixture.safety = star_scores(
+            mixture, tokenizer, judge, lc.star_segment_tokens, lc.star_score_batch
+        )
+    return mixture
 
 
 def eval_key(cfg: Config) -> str:
@@ -99,9 +120,7 @@ def prepare(configs: list[Config]) -> Prepared:
             model = (cfg.model.name, cfg.model.revision)
             if model not in tokenizers:
                 tokenizers[model] = load_tokenizer(cfg.model)
-            mixture = build_mixture(
-                cfg.data, cfg.loss.method, tokenizers[model], cfg.train.seed, cfg.data_root
-            )
+            mixture = training_mixture(cfg, tokenizers[model])
             out.mixtures[key] = mixture
             out.inputs[key] = mixture.inputs
         if cfg.eval.in_sweep and eval_key(cfg) not in out.evals:

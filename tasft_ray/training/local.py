@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from tasft_ray.config import Config, ConfigError
+from tasft_ray.data.mixture import Mixture
 from tasft_ray.files import LOCK_FILE, check_writable, output_lock, read_jsonl, write_atomic
 from tasft_ray.training.checkpoints import STATE_FILE, list_checkpoints
 from tasft_ray.training.loop import TASFTTrainer, TrainResult
@@ -38,13 +40,19 @@ class MetricsLog:
 
 
 def run_training(
-    cfg: Config, resume: str | Path | bool | None = None, progress: bool = True
+    cfg: Config,
+    resume: str | Path | bool | None = None,
+    progress: bool = True,
+    prepare_mixture: Callable[[Config], Mixture] | None = None,
 ) -> TrainResult:
     """Single-process training as `tasft-ray train` runs it; returns a TrainResult.
 
     One run per ``train.output_dir`` at a time (a lock file); ``resume`` is True (the latest
     checkpoint there) or a checkpoint folder. A run that has already reached its last step
-    returns that checkpoint without training.
+    returns that checkpoint without training. ``prepare_mixture(cfg)`` builds the training
+    mixture once the output folder is checked (the CLI passes the sweep driver's
+    ``sweep.prepared.training_mixture``, which STAR-DSS's scores need); without it the trainer
+    tokenises the data itself.
     """
     if cfg.engine.kind == "deepspeed":
         raise ConfigError(
@@ -55,7 +63,9 @@ def run_training(
     out = Path(cfg.train.output_dir)
     check_writable(out, "train.output_dir")
     with output_lock(out / LOCK_FILE, "train.output_dir", str(out)):
-        return _train(cfg, out, _resume_from(out / "checkpoints", resume, cfg), progress)
+        resume_at = _resume_from(out / "checkpoints", resume, cfg)
+        mixture = prepare_mixture(cfg) if prepare_mixture is not None else None
+        return _train(cfg, out, resume_at, progress, mixture)
 
 
 def _resume_from(root: Path, resume: str | Path | bool | None, cfg: Config) -> Path | None:
@@ -80,9 +90,11 @@ def _resume_from(root: Path, resume: str | Path | bool | None, cfg: Config) -> P
     return None
 
 
-def _train(cfg: Config, out: Path, resume: Path | None, progress: bool) -> TrainResult:
+def _train(
+    cfg: Config, out: Path, resume: Path | None, progress: bool, mixture: Mixture | None
+) -> TrainResult:
     gpu = cfg.engine.use_gpu and torch.cuda.is_available()
-    trainer = TASFTTrainer(cfg, device=torch.device("cuda" if gpu else "cpu"))
+    trainer = TASFTTrainer(cfg, mixture=mixture, device=torch.device("cuda" if gpu else "cpu"))
     if resume:
         trainer.load_checkpoint(resume)
         log.info("resumed from %s at step %d", resume, trainer.step)

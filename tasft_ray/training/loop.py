@@ -35,6 +35,7 @@ from tasft_ray.losses import (
     OutputHead,
     sequence_logprobs,
     tasft_loss,
+    token_logprobs,
 )
 from tasft_ray.models import (
     HiddenStateTap,
@@ -114,6 +115,12 @@ class TASFTTrainer:
             if mixture is not None
             else build_mixture(cfg.data, cfg.loss.method, self.tokenizer, t.seed, cfg.data_root)
         )
+        if cfg.loss.method == "star" and self.mixture.safety is None:
+            raise ConfigError(
+                "loss.method=star trains on STAR scores computed with the mixture by "
+                "loss.star_judge; build it with tasft_ray.sweep.prepared.training_mixture (as "
+                "sweeps and `tasft-ray train` do) and pass it as the trainer's mixture"
+            )
         self.micro_per_epoch = len(self.mixture) // (world_size * t.micro_batch_size)
         if self.micro_per_epoch == 0:
             raise ConfigError(
@@ -173,7 +180,7 @@ class TASFTTrainer:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         outputs = self._outputs(inputs)
         reference_outputs = None
-        if lc.method == "kto":  # with LoRA the reference model is the adapter switched off
+        if lc.method in ("kto", "star"):  # with LoRA the reference is the adapter switched off
             with torch.no_grad(), self.model.disable_adapter():
                 reference_outputs = self._outputs(inputs)
         with self._output_layer(outputs):
@@ -208,12 +215,17 @@ class TASFTTrainer:
         reference_outputs: torch.Tensor | OutputHead | None,
     ) -> LossParts:
         lc = self.cfg.loss
-        reference = None
+        reference = reference_tokens = None
         if reference_outputs is not None:
             with torch.no_grad():
-                reference = sequence_logprobs(
-                    reference_outputs, batch["labels"], chunk_size=lc.chunk_size
-                )
+                if lc.method == "star":  # per token: ★DSS's KL estimate at the data token
+                    reference_tokens = token_logprobs(
+                        reference_outputs, batch["labels"], chunk_size=lc.chunk_size
+                    )
+                else:
+                    reference = sequence_logprobs(
+                        reference_outputs, batch["labels"], chunk_size=lc.chunk_size
+                    )
         return tasft_loss(
             outputs,
             batch["labels"],
@@ -227,6 +239,9 @@ class TASFTTrainer:
             kto_beta=lc.kto_beta,
             kto_desirable_weight=lc.kto_desirable_weight,
             kto_undesirable_weight=lc.kto_undesirable_weight,
+            star_safety=batch.get("safety"),
+            reference_token_logps=reference_tokens,
+            star_kl_weight=lc.star_kl_weight,
             chunk_size=lc.chunk_size,
         )
 
