@@ -190,7 +190,7 @@ def test_trial_failing_in_its_train_worker_is_one_line_per_trial(tmp_path, head_
 # ----------------------------------------------------------------------------- interrupted sweeps
 
 
-def test_killed_in_start_up_then_ctrl_c_then_resumed_to_the_end(tmp_path, head_env):
+def test_killed_in_start_up_then_ctrl_c_then_resumed_to_the_end(tmp_path, head_env, cli_main):
     """One sweep through every interruption: SIGKILL as it starts (before Tune saved any
     state), which a plain rerun refuses to overwrite and --resume restarts; Ctrl-C while a
     trial trains, which exits 130 with the parent and child runs KILLED and the unfinished and
@@ -209,8 +209,8 @@ def test_killed_in_start_up_then_ctrl_c_then_resumed_to_the_end(tmp_path, head_e
     # meet the state a kill in between leaves every time, Tune's own files go too.
     for state in {*sweep.glob("*.pkl"), *sweep.glob("experiment_state*")}:
         state.unlink()
-    again = run_cli(args, tmp_path, head_env, timeout=300)
-    assert f"pass --resume {sweep} to finish it" in one_line(again, TUNE_ERROR)
+    # refused before any work: in this process
+    assert f"pass --resume {sweep} to finish it" in cli_main("tune", *args[1:], prefix=TUNE_ERROR)
 
     resume = ["tasft_ray.tune", "--resume", str(sweep)]
     log = tmp_path / "driver.log"

@@ -102,6 +102,7 @@ def run_quality(
     check_tasks(tasks)
     try:
         from lm_eval import simple_evaluate
+        from lm_eval.tasks import TaskManager
     except ImportError:
         raise ConfigError("eval.quality_tasks needs lm-eval: pip install 'lm-eval>=0.4'") from None
     with tempfile.TemporaryDirectory(prefix="tasft_quality_") as tmp:
@@ -109,7 +110,11 @@ def run_quality(
             task_config(t, write_docs(t, Path(tmp), root, limit, (docs or {}).get(t)))
             for t in tasks
         ]
-        out = simple_evaluate(model=lm, tasks=configs, log_samples=False, verbosity="WARNING")
+        # Our tasks are inline configs: without include_defaults=False, lm-eval indexes its
+        # ~14,000 built-in task YAML files on every call (6-12 s of CPU each time: most of a
+        # tiny model's validation, paid at every checkpoint of every trial)
+        out = simple_evaluate(model=lm, tasks=configs, log_samples=False, verbosity="WARNING",
+                              task_manager=TaskManager(include_defaults=False))  # fmt: skip
     metrics: dict[str, float] = {}
     for t in tasks:
         res = out["results"][f"tasft_{t}"]
