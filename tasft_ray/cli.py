@@ -45,6 +45,7 @@ EPILOG_CONFIG = """examples:
 EPILOG_EVALUATE = """examples:
   tasft-ray evaluate --config quickstart --adapter runs/quickstart/checkpoints/step_000010/adapter
   tasft-ray evaluate --config quickstart --adapter mlflow:RUN_ID --limit 20
+  tasft-ray evaluate --config quickstart --adapter models:/quickstart@champion --limit 2
   tasft-ray evaluate --config tiny --set "eval.benchmarks=[harmbench, xstest_safe]"
 """
 EPILOG_REPORT = """examples:
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(ev)
-    ev.add_argument("--adapter", default=None, help="adapter folder or mlflow:RUN_ID")
+    ev.add_argument("--adapter", default=None,
+                    help="adapter folder, mlflow:RUN_ID or models:/NAME@ALIAS")  # fmt: skip
     ev.add_argument("--limit", type=int, default=None, help="prompts per benchmark")
     rep = sub.add_parser(
         "report",
@@ -244,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
     from tasft_ray.training.local import run_training
 
     # the mixture as a sweep's driver builds it (STAR-DSS: scored by its guardrail)
-    result = run_training(cfg, resume=args.resume, prepare_mixture=training_mixture)
+    result = run_training(cfg, resume=args.resume, prepare_mixture=training_mixture, tracked=True)
     loss = result.metrics.get("loss/total", float("nan"))
     done = (
         f"already finished at step {result.step}"
@@ -280,6 +282,9 @@ def _tune(args: argparse.Namespace, overrides: list[str]) -> int:
     )
     if outcome.report:
         print(f"\n{outcome.report_text}\nreport: {outcome.report.uri}/report.md")
+    if outcome.registered:
+        r = outcome.registered
+        print(f"registered: {r.uri} (version {r.version}, {r.label})")
     print(where)
     if outcome.unfinished or outcome.not_started:
         later = f" and {outcome.not_started} not started" if outcome.not_started else ""

@@ -33,6 +33,9 @@ class Setting:
     lam: float
     toxic_count: int
     seed: int | None = None
+    # what else sets the run apart, "key=value" each (a sweep's other swept keys, a data
+    # augmentation): in the label only, never in grouping or order
+    extras: tuple[str, ...] = ()
 
     @property
     def uses_lambda(self) -> bool:
@@ -45,10 +48,12 @@ class Setting:
 
     @property
     def label(self) -> str:
-        """``emd λ=4 n=100 seed=0`` (λ only where it acts, seed only where one is meant)."""
+        """``emd λ=4 n=100 seed=0`` (λ only where it acts, seed only where one is meant), then
+        the extras: ``emd λ=4 n=100 seed=0 train.lr=0.001 contrastive=c.jsonl``."""
         lam = f" λ={self.lam:g}" if self.uses_lambda else ""
         seed = f" seed={self.seed}" if self.seed is not None else ""
-        return f"{self.method}{lam} n={self.toxic_count}{seed}"
+        extras = "".join(f" {x}" for x in self.extras)
+        return f"{self.method}{lam} n={self.toxic_count}{seed}{extras}"
 
     def without_seed(self) -> Setting:
         """The setting over its seeds; a λ that does not act is 0, so such trials group."""

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
-from tasft_ray.config import Config, ConfigError, flatten
+from tasft_ray.config import Config, ConfigError, TrackingConfig, flatten
 from tasft_ray.data.lineage import DataInput
 from tasft_ray.errors import one_line
 from tasft_ray.files import check_writable
@@ -211,14 +211,16 @@ class LiveRun:
 
 @contextlib.contextmanager
 def live_run(uri: str, cfg: Config, kind: str, tags: dict[str, str] | None = None):
-    """A run of ``kind`` (params: the whole config) around the block: FINISHED when it returns,
-    KILLED on Ctrl-C, FAILED on any other exception."""
+    """A run of ``kind`` (params: the whole config) around the block, with this machine's
+    system metrics: FINISHED when it returns, KILLED on Ctrl-C, FAILED on any other
+    exception."""
     c = client(uri)
     exp = ensure_experiment(uri, cfg.tracking.experiment)
     run = c.create_run(exp, run_name=kind, tags={RUN_KIND_TAG: kind, **(tags or {})})
     log_params(uri, run.info.run_id, cfg)
     try:
-        yield LiveRun(uri, run.info.run_id)
+        with system_metrics(uri, run.info.run_id, cfg.tracking):
+            yield LiveRun(uri, run.info.run_id)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         finish_run(uri, run.info.run_id, status)
@@ -260,6 +262,35 @@ class StepLogger:
         if self.pending:
             self.logged_up_to = max(self.logged_up_to, max(m["step"] for m in self.pending))
         self.pending = []
+
+
+def setting_tags(cfg: Config) -> dict[str, str]:
+    """The tags the MLflow UI groups and filters training runs by (a trial's or a
+    `tasft-ray train` run's): method, toxic count, λ, seed."""
+    return {"tasft.method": cfg.loss.method, "tasft.toxic_count": str(cfg.data.toxic_count),
+            "tasft.lam": f"{cfg.loss.lam:g}", "tasft.seed": str(cfg.train.seed)}  # fmt: skip
+
+
+@contextlib.contextmanager
+def system_metrics(uri: str, run_id: str, cfg: TrackingConfig):
+    """MLflow's system metrics (``system/*``: CPU, memory, disk, network, and GPU where
+    nvidia-ml-py finds one) of the machine this runs on, logged to ``run_id`` every
+    ``tracking.system_metrics_every`` seconds while the block runs; nothing when switched off."""
+    if not cfg.system_metrics:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # MLflow's own GPU probe logs a line per process when no GPU library is installed, which
+    # a CPU user cannot act on
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=cfg.system_metrics_every,
+                                   resume_logging=True, tracking_uri=uri)  # fmt: skip
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
         "tasft_ray.objective",
         "tasft_ray.accelerator",
         "tasft_ray.setting",
+        "tasft_ray.stats",
     ),  # fmt: skip
     ("tasft_ray.files", "tasft_ray.config"),
     ("tasft_ray.storage", "tasft_ray.losses", "tasft_ray.worker_env"),

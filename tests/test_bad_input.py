@@ -180,7 +180,10 @@ CASES: list[Case] = [
         command="tune", expect="sweep.search=optuna samples its values: use choice/uniform/"
         "loguniform in sweep.space, not grid or sweep.cases"),
     cfg("contradiction", "sweep.scheduler=asha", "sweep.space={loss.lam: {grid: [0, 4]}}",
-        command="tune", expect="sweep.metric=loss/total is a training loss"),
+        command="tune", expect="sweep.scheduler=asha ranks trials: set sweep.objective"),
+    cfg("contradiction", "sweep.scheduler=asha", "sweep.metric=loss/total",
+        "sweep.space={loss.lam: {grid: [0, 4]}}", command="tune",
+        expect="sweep.metric=loss/total is a training loss"),
     cfg("unknown value", "eval.validation.every=5",
         "eval.validation.benchmarks=[advbench]", "sweep.objective={minimize: val/harm_score, "
         "constraints: {quality: {min: 0.5}}}", command="tune",

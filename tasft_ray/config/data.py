@@ -33,6 +33,16 @@ class SourceConfig(Section):
         description="Reader options, e.g. {jailbroken: true} (jbb), {label: safe} (xstest), "
         "{harmful_only: false} (generated); they override a registry entry's own.",
     )
+    prompt_part: Literal["all", "train", "heldout"] = Field(
+        "all",
+        description="Keep only the examples whose prompt falls in this part of a fixed split "
+        "by prompt (a hash of the instruction, `heldout_share` of the prompts held out): "
+        "`train` and `heldout` of one source never share a prompt, so held-out responses "
+        "(eval.likelihood) can come from the set the training pairs are drawn from.",
+    )
+    heldout_share: float = Field(
+        0.2, gt=0, lt=1, description="Share of the prompts in the `heldout` part."
+    )
     fallback: SourceConfig | None = Field(
         None,
         description="Used, with a warning, while `path` does not exist yet (e.g. data that "

@@ -93,9 +93,17 @@ class Config(Section):
                     "disjoint from the reported ones)"
                 )
             return self
+        ranks = s.search == "optuna" or s.scheduler != "none"
+        if ranks and s.metric is None:
+            what = "sweep.search=optuna" if s.search == "optuna" else f"sweep.scheduler={s.scheduler}"
+            raise ValueError(
+                f"{what} ranks trials: set sweep.objective, e.g. {{minimize: val/harm_score}}, "
+                "with eval.validation.every (or sweep.metric)"
+            )
         varies = "loss.lam" in s.space or any("loss.lam" in c for c in s.cases)
         if (
-            s.metric.startswith("loss/")
+            s.metric is not None
+            and s.metric.startswith("loss/")
             and varies
             and (s.search == "optuna" or s.scheduler != "none")
         ):

@@ -120,10 +120,11 @@ class SweepConfig(Section):
     search: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, ge=1, description="Samples (x each grid point).")
     max_concurrent_trials: int = Field(1, ge=1)
-    metric: str = Field(
-        "loss/total",
-        description="Reported metric that ranks trials when there is no objective (a training "
-        "loss cannot compare trials with different λ: use objective).",
+    metric: str | None = Field(
+        None,
+        description="Reported metric that ranks trials when there is no objective (None: Tune "
+        "ranks nothing, as a grid of methods has no common yardstick; a training loss cannot "
+        "compare trials with different λ: use objective).",
     )
     mode: Literal["min", "max"] = "min"
     objective: ObjectiveConfig | None = Field(

@@ -1,4 +1,5 @@
-"""The ``tracking`` section: which MLflow store and experiment."""
+"""The ``tracking`` section: which MLflow store and experiment, and what goes there besides
+each run's params and metrics."""
 
 from __future__ import annotations
 
@@ -14,3 +15,16 @@ class TrackingConfig(Section):
         "sqlite:///<cwd>/mlflow.db).",
     )
     experiment: str = Field("tasft-ray", min_length=1)
+    register_model: bool = Field(
+        True,
+        description="Register a sweep's chosen adapter in the MLflow Model Registry (a model "
+        "named after the sweep, alias `champion`) when its trials evaluate themselves.",
+    )
+    system_metrics: bool = Field(
+        True,
+        description="MLflow system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) "
+        "of trial, train and generate runs, every `system_metrics_every` seconds.",
+    )
+    system_metrics_every: float = Field(
+        10.0, gt=0, description="Seconds between system-metric samples."
+    )

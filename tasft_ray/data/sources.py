@@ -13,8 +13,9 @@ import inspect
 import logging
 import os
 import urllib.parse
+import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,10 +146,27 @@ def _read_source(src: SourceConfig, root: str | None) -> Loaded:
         name = f"{src.hf}" + (f"/{src.hf_config}" if src.hf_config else "") + f":{src.split}"
         loaded = Loaded(_load_hf(src), name, str(src.hf), "hf")
         origin = f"hf '{src.hf}'"
+    if src.prompt_part != "all":
+        loaded = _prompt_part(loaded, src.prompt_part, src.heldout_share)
+        origin += f" ({src.prompt_part} prompts)"
     if not loaded.examples:
         logger.warning("%s: no examples (check the file and the filters)", origin)
     logger.info("%s: loaded %d examples", origin, len(loaded.examples))
     return loaded
+
+
+def in_heldout(instruction: str, share: float) -> bool:
+    """Whether a prompt is in the held-out part: a fixed hash of its normalised text, so a
+    prompt lands on the same side in every source, run and machine."""
+    key = " ".join(instruction.lower().split()).encode()
+    return zlib.crc32(key) % 10_000 < share * 10_000
+
+
+def _prompt_part(loaded: Loaded, part: str, share: float) -> Loaded:
+    """The examples of one part of the split by prompt, named so in the run's lineage."""
+    keep = [e for e in loaded.examples if in_heldout(e.instruction, share) == (part == "heldout")]
+    name = f"{loaded.name} [{part} prompts]"
+    return replace(loaded, examples=keep, name=name)
 
 
 def load_source(

@@ -16,30 +16,44 @@ from tasft_ray.config import EvalConfig
 from tasft_ray.data.mixture import collate, tokenize_examples
 from tasft_ray.data.records import Example
 from tasft_ray.data.sources import load_source
-from tasft_ray.losses import IGNORE_INDEX, SAFE, tasft_loss
+from tasft_ray.losses import IGNORE_INDEX, SAFE, sequence_logprobs
 from tasft_ray.models import HiddenStateTap
+from tasft_ray.stats import mean_interval
 
 
 @torch.no_grad()
-def response_nll(
+def response_nlls(
     model, tokenizer, examples: list[Example], max_length: int = 256, batch_size: int = 8
-) -> float:
-    """Mean NLL per response token (EOS included), prompts in the training template, all
-    tokens of all responses weighted equally; logits only at response positions."""
+) -> tuple[list[float], float]:
+    """Each response's mean NLL per token (EOS included; prompts in the training template),
+    in the order given, and the mean over all tokens of all responses (each token weighted
+    equally); logits only at response positions. An example whose response truncation leaves
+    no token is left out (with a warning, as in training)."""
     mixture = tokenize_examples(tokenizer, examples, SAFE, max_length)
     if not len(mixture):
         raise ValueError("no example has a response token left after truncation")
     model.eval()
     tap = HiddenStateTap(model)
     order = sorted(range(len(mixture)), key=lambda i: len(mixture.input_ids[i]))  # less padding
-    total, tokens = 0.0, 0
+    sums = [0.0] * len(mixture)
+    counts = [0] * len(mixture)
     for start in range(0, len(order), batch_size):
-        batch = collate(mixture, order[start : start + batch_size], tokenizer.pad_token_id)
+        rows = order[start : start + batch_size]
+        batch = collate(mixture, rows, tokenizer.pad_token_id)
         head = tap(model, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        parts = tasft_loss(head, batch["labels"], batch["kinds"], method="sft")
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total, tokens = total + float(parts.sft) * n, tokens + n
-    return total / tokens
+        logps = sequence_logprobs(head, batch["labels"])  # (B,) summed over response tokens
+        n = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)  # (B,)
+        for row, logp, count in zip(rows, logps.tolist(), n.tolist(), strict=True):
+            sums[row], counts[row] = -logp, count
+    per = [s / c for s, c in zip(sums, counts, strict=True)]
+    return per, sum(sums) / sum(counts)
+
+
+def response_nll(
+    model, tokenizer, examples: list[Example], max_length: int = 256, batch_size: int = 8
+) -> float:
+    """Mean NLL per response token over all the responses (every token weighted equally)."""
+    return response_nlls(model, tokenizer, examples, max_length, batch_size)[1]
 
 
 def likelihood_sets(e: EvalConfig, root: str | None) -> dict[str, list[Example]]:
@@ -60,12 +74,20 @@ def likelihood_metrics(
     root: str | None,
     sets: dict[str, list[Example]] | None = None,
 ) -> dict[str, float]:
-    """``nll/<label>`` and ``nll/<label>/n`` for each set in ``eval.likelihood``
+    """``nll/<label>`` (every token weighted equally), ``nll/<label>/n``, and the mean over
+    responses with its 95 % interval (``/response_mean``, ``/ci_low``, ``/ci_high``) for each set
+    in ``eval.likelihood``
     (``max_length``: the training token budget, ``data.max_length``; ``sets``: already
     loaded)."""
     out = {}
     sets = likelihood_sets(e, root) if sets is None else sets
     for label, examples in sets.items():
-        out[f"nll/{label}"] = response_nll(model, tokenizer, examples, max_length)
-        out[f"nll/{label}/n"] = len(examples)
+        per, pooled = response_nlls(model, tokenizer, examples, max_length)
+        ci = mean_interval(per)
+        out[f"nll/{label}"] = pooled
+        out[f"nll/{label}/n"] = len(per)
+        # the mean over responses (each response weighted equally) and its 95 % interval:
+        # what tells two settings apart (tasft_ray.stats)
+        out[f"nll/{label}/response_mean"] = ci.value
+        out[f"nll/{label}/ci_low"], out[f"nll/{label}/ci_high"] = ci.low, ci.high
     return out

@@ -60,7 +60,7 @@ def run_evaluate(cfg: Config, progress: bool = True) -> EvalResult:
     tracking.check_reachable(uri)
     check_writable(e.output_dir, "eval.output_dir")
     check_judges(e)
-    adapter = adapter_from_spec(e.adapter, "eval.adapter", uri)
+    adapter = adapter_from_spec(e.adapter, "eval.adapter", uri, cfg.model)
     data = load_eval_data(cfg, validation=False)  # bad data: one line before any run or file
     tags = {tracking.PARENT_TAG: e.parent_run_id} if e.parent_run_id else {}
     with (

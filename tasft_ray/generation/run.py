@@ -65,7 +65,7 @@ def resolve_adapter(cfg: Config) -> str | None:
         elif cfg.train.max_steps is None or checkpoint_step(found[-1]) < cfg.train.max_steps:
             run_training(sft_cfg, resume=True)
         return str(list_checkpoints(out / "checkpoints")[-1] / ADAPTER_DIR)
-    return adapter_from_spec(g.adapter, "generate.adapter", tracking.tracking_uri(cfg))
+    return adapter_from_spec(g.adapter, "generate.adapter", tracking.tracking_uri(cfg), cfg.model)
 
 
 def run_generate(cfg: Config, overwrite: bool = False, progress: bool = True) -> GenerateResult:

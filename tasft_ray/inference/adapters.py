@@ -1,4 +1,5 @@
-"""Which LoRA adapter to answer with: a folder, or ``mlflow:RUN_ID`` (a run's logged adapter)."""
+"""Which LoRA adapter to answer with: a folder, ``mlflow:RUN_ID`` (a run's logged adapter) or
+``models:/NAME@ALIAS`` / ``models:/NAME/VERSION`` (a registered one, ``inference.registered``)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,19 @@ import tempfile
 from pathlib import Path
 
 from tasft_ray import tracking
-from tasft_ray.config import ConfigError
+from tasft_ray.config import ConfigError, ModelConfig
+from tasft_ray.errors import one_line
 from tasft_ray.training.checkpoints import ADAPTER_CONFIG, ADAPTER_DIR
 
 
-def adapter_from_spec(spec: str | None, field: str, tracking_uri: str) -> str | None:
-    """A LoRA adapter folder, or ``mlflow:RUN_ID`` (the run's logged adapter, downloaded);
-    checked here, so a wrong one is one line before any model is loaded."""
+def adapter_from_spec(
+    spec: str | None, field: str, tracking_uri: str, model: ModelConfig | None = None
+) -> str | None:
+    """A LoRA adapter folder, ``mlflow:RUN_ID`` (the run's logged adapter, downloaded) or a
+    registered model (downloaded; its base model must be ``model``'s); checked here, so a
+    wrong one is one line before any model is loaded."""
+    if spec and spec.startswith("models:/"):
+        return _registered(spec, field, tracking_uri, model)
     if spec and spec.startswith("mlflow:"):
         run_id = spec.removeprefix("mlflow:")
         if not run_id:
@@ -48,3 +55,30 @@ def check_adapter(folder: str, field: str) -> str:
             f"{ADAPTER_DIR}/ folder"
         )
     return folder
+
+
+def _registered(spec: str, field: str, tracking_uri: str, model: ModelConfig | None) -> str:
+    import mlflow
+
+    from tasft_ray.inference.registered import registered_parts
+
+    if not tracking.has_store(tracking_uri):  # (opening it would create it)
+        raise ConfigError(f"{field}: {spec}: no registered model at {tracking_uri}")
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=spec, dst_path=tempfile.mkdtemp(prefix="tasft_"),
+            tracking_uri=tracking_uri, registry_uri=tracking_uri,
+        )  # fmt: skip
+    except Exception as exc:  # MLflow raises its own types for an unknown name/alias/version
+        raise ConfigError(
+            f"{field}: {spec}: no such registered model version at {tracking_uri} "
+            f"({one_line(exc, 160)})"
+        ) from None
+    folder, config = registered_parts(local)
+    base = (config.get("model") or {}).get("name")
+    if model is not None and base and base != model.name:
+        raise ConfigError(
+            f"{field}: {spec} is an adapter of model.name={base}, not {model.name}; "
+            f"set --set model.name={base}"
+        )
+    return check_adapter(str(folder), f"{field}: {spec}")

@@ -8,6 +8,7 @@ a reader can check any cell against the run it came from.
 from __future__ import annotations
 
 from tasft_ray.data.benchmarks import BENCHMARKS, HARM, PAPER_SAFETY
+from tasft_ray.report.against_sft import method_rows, separation_lines
 from tasft_ray.report.figures import FIG2, FIG3
 from tasft_ray.report.rule import DEGENERATE, RULE, Choice
 from tasft_ray.report.trials import SeedGroup, Trial, seed_groups
@@ -116,6 +117,7 @@ def to_markdown(
     if paper:
         md += [f"paper total: {' + '.join(paper)} (the paper's 518 prompts when all are run).", ""]
     md += _paper_grid(trials, choices, benches)
+    md += _against_sft(trials)
 
     md += ["## Over-refusal (Figure 3) — XSTest", ""]
     header = key + ["safe-prompt refusal", "unsafe-prompt compliance", "harmful rate"]
@@ -179,6 +181,22 @@ def to_markdown(
     return "\n".join(md)
 
 
+def _against_sft(trials: list[Trial]) -> list[str]:
+    """The safety measures with their 95 % intervals, and each method against its SFT trial."""
+    header, rows = method_rows(trials)
+    md = ["## Against SFT — 95 % intervals", ""]
+    md += _table(header, rows)
+    md += [
+        "Harmful answers: count on the paper's prompts run, Wilson interval. Held-out harmful "
+        "NLL: mean over the held-out harmful responses (eval.likelihood `harmful`) of each "
+        "one's NLL per token, mean ± 1.96 s/√n; higher = the model finds harmful answers less "
+        "likely. Separated: the two intervals do not overlap, on the safer side.",
+        "",
+    ]
+    lines = separation_lines(trials)
+    return md + ([f"- {line}" for line in lines] + [""] if lines else [])
+
+
 def _judges_table(trials: list[Trial], key: list[str]) -> list[str]:
     """With eval.judges: each judge's harmful rate on the same harm-prompt answers and each
     pair's Cohen's κ, per trial — how much the safety numbers depend on the judge."""
@@ -224,19 +242,11 @@ def _n(trials: list[Trial], bench: str) -> float | None:
 
 
 def format_trials(trials: list[Trial]) -> str:
-    """The terminal table: per trial, #harmful, harm score, safe-prompt refusal, quality."""
-    cols = ["trial", "harmful", "harm score", "xstest refusal", "quality"]
-    rows = [
-        [
-            t.label,
-            f"{_cell(t.get('safety/n_harmful'), True)}/{_cell(t.get('safety/n'), True)}",
-            _cell(t.get("safety/harm_score")),
-            _cell(t.get("xstest/safe_refusal_rate")),
-            _cell(t.get("quality/mean_acc")),
-        ]
-        for t in trials
-    ]
-    return plain_table(cols, rows)
+    """The terminal table: per trial, both safety measures with their 95 % intervals,
+    safe-prompt refusals and quality; then each method against its SFT trial."""
+    header, rows = method_rows(trials)
+    lines = separation_lines(trials)
+    return plain_table(header, rows) + ("\n\n" + "\n".join(lines) if lines else "")
 
 
 def plain_table(header: list[str], rows: list[list[str]]) -> str:

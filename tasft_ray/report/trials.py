@@ -43,6 +43,7 @@ class Trial:
     validation: dict[str, float] = field(default_factory=dict)  # last val/* and objective
     objective: str = "None"  # the sweep's objective, as logged (a dict's text)
     kinds: dict[str, str] = field(default_factory=dict)  # benchmark -> kind, users' sets too
+    trial_id: str = ""  # the Tune trial's id
 
     @property
     def setting(self) -> Setting:
@@ -166,6 +167,7 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
                 },
                 objective=p.get("sweep.objective", "None"),
                 kinds=_kinds(p.get("eval.benchmarks", "[]")),
+                trial_id=r.data.tags.get(tracking.TRIAL_TAG, ""),
             )
         )
 

@@ -30,6 +30,7 @@ from tasft_ray.sweep.outcome import SweepOutcome, sweep_outcome
 from tasft_ray.sweep.paths import SWEEP_CONFIG, check_results_last, resolve_paths
 from tasft_ray.sweep.prepared import prepare
 from tasft_ray.sweep.reference import reference_config, run_reference
+from tasft_ray.sweep.register import champion, register
 from tasft_ray.sweep.search_log import log_search
 from tasft_ray.sweep.space import trial_configs
 from tasft_ray.sweep.tuner import fit
@@ -105,7 +106,10 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
                 parent_log.log_best_setting(uri, parent, best.loss.lam, best.data.toxic_count)
             outcome.objective, outcome.reference = objective, reference
         if cfg.eval.in_sweep:
-            _report(outcome, uri)
+            evaluated = _report(outcome, uri)
+            if evaluated and cfg.tracking.register_model:
+                chosen = champion(evaluated, outcome.trial_ids.get(outcome.best or ""))
+                outcome.registered = register(uri, cfg, chosen) if chosen else None
         errors = [r for r in results if r.error]
         # the scheduler's early stops: KILLED, whatever their run last said while Tune ended it
         tracking.finish_children(uri, parent, "KILLED", outcome.stopped_early_ids)
@@ -113,16 +117,18 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
         return outcome
 
 
-def _report(outcome: SweepOutcome, uri: str) -> None:
-    """The sweep's report: in its folder, or for an object store written here and uploaded."""
+def _report(outcome: SweepOutcome, uri: str) -> list:
+    """The sweep's report: in its folder, or for an object store written here and uploaded.
+    Returns the evaluated trials it covers."""
     sweep = outcome.sweep
     local = Path(sweep.path if sweep.local else tempfile.mkdtemp(prefix="tasft_report_"))
     try:
         folder, evaluated = write_report(uri, local / "report", parent_run_id=outcome.parent_run_id)
     except ReportError as exc:  # every trial failed: the sweep's own error says why
         log.warning("no report: %s", exc)
-        return
+        return []
     if not sweep.local:
         sweep.upload(folder, "report")
     outcome.report = sweep.child("report")
     outcome.report_text = format_trials(evaluated)
+    return evaluated

@@ -30,6 +30,7 @@ class SweepOutcome:
     objective: Objective | None = None
     reference: dict | None = None  # the SFT reference's validation metrics
     best: str | None = None  # the best feasible trial under the objective
+    registered: Any = None  # the chosen adapter in the model registry (sweep.register)
 
     def finals(self) -> dict[str, dict]:
         """Each trial's last result, by trial name (Tune's order)."""

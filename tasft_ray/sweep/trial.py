@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def run_trial(
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
     cfg = _trial_config(base, params, sweep, trial_name)
     uri = mlflow["uri"]
-    run_id = tracking.child_run(uri, cfg, mlflow["parent_run_id"], trial_id, cfg.setting.label)
+    name = replace(cfg.setting, extras=run_extras(cfg, params)).label
+    run_id = tracking.child_run(uri, cfg, mlflow["parent_run_id"], trial_id, name)
     if _report_if_finished(uri, run_id):
         return
     search = dict(search or {})
@@ -78,6 +80,32 @@ def run_trial(
     tracking.finish_run(uri, run_id)
     if cfg.eval.in_sweep:  # Tune's last result carries training and evaluation numbers
         tune.report({k.removeprefix("final/"): v for k, v in final.items()})
+
+
+NAMED = {"loss.method", "loss.lam", "data.toxic_count", "train.seed"}  # in every label
+
+
+def run_extras(cfg: Config, params: dict[str, Any]) -> tuple[str, ...]:
+    """What a trial's run name shows besides its setting: every other key the sweep varies
+    (test hooks aside) and a contrastive augmentation however it was set, so no two trials of
+    a sweep share a name."""
+    swept = {k: v for k, v in trial_overrides(params).items()
+             if k not in NAMED and not k.startswith("testing.")}  # fmt: skip
+    out = [f"{k}={_short(v)}" for k, v in sorted(swept.items()) if k != "data.contrastive"]
+    if cfg.data.contrastive is not None:
+        out.append(f"contrastive={_short(cfg.data.contrastive.model_dump(exclude_none=True))}")
+    return tuple(out)
+
+
+def _short(value: Any) -> str:
+    """A swept value as a run name shows it: numbers in short form, a data source by its
+    name or file name."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict) and any(k in value for k in ("name", "path", "url", "hf")):
+        origin = next(str(value[k]) for k in ("name", "path", "url", "hf") if value.get(k))
+        return Path(origin).name
+    return str(value).replace(" ", "")
 
 
 def _trial_config(base: dict, params: dict[str, Any], sweep: Location, trial_name: str) -> Config:
@@ -109,9 +137,8 @@ def _tag_run(
     """Tags the MLflow UI groups and filters trials by, and the values this trial swept."""
     c = tracking.client(uri)
     tags = {f"sweep.{k}": str(v) for k, v in trial_overrides(params).items()}
-    tags |= {TRIAL_NODE_TAG: ray.get_runtime_context().get_node_id(), "tasft.trial": trial_name,
-             "tasft.method": cfg.loss.method, "tasft.toxic_count": str(cfg.data.toxic_count),
-             "tasft.lam": f"{cfg.loss.lam:g}", "tasft.seed": str(cfg.train.seed)}  # fmt: skip
+    tags |= {TRIAL_NODE_TAG: ray.get_runtime_context().get_node_id(), "tasft.trial": trial_name}
+    tags |= tracking.setting_tags(cfg)
     if reference:
         tags["tasft.role"] = "reference"
     for key, value in tags.items():

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+from tasft_ray import tracking
 from tasft_ray.config import Config, ConfigError
 from tasft_ray.data.mixture import Mixture
 from tasft_ray.files import LOCK_FILE, check_writable, output_lock, read_jsonl, write_atomic
-from tasft_ray.training.checkpoints import STATE_FILE, list_checkpoints
+from tasft_ray.training.checkpoints import ADAPTER_DIR, STATE_FILE, list_checkpoints
 from tasft_ray.training.loop import TASFTTrainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def run_training(
     resume: str | Path | bool | None = None,
     progress: bool = True,
     prepare_mixture: Callable[[Config], Mixture] | None = None,
+    tracked: bool = False,
 ) -> TrainResult:
     """Single-process training as `tasft-ray train` runs it; returns a TrainResult.
 
@@ -52,7 +54,8 @@ def run_training(
     returns that checkpoint without training. ``prepare_mixture(cfg)`` builds the training
     mixture once the output folder is checked (the CLI passes the sweep driver's
     ``sweep.prepared.training_mixture``, which STAR-DSS's scores need); without it the trainer
-    tokenises the data itself.
+    tokenises the data itself. ``tracked``: an MLflow run as a sweep's trial has (``TrainRun``),
+    the one of the checkpoints' run when resumed.
     """
     if cfg.engine.kind == "deepspeed":
         raise ConfigError(
@@ -61,11 +64,69 @@ def run_training(
         )
     cfg = cfg.with_overrides({"engine.kind": "ddp"})  # one process: plain torch
     out = Path(cfg.train.output_dir)
+    uri = tracking.tracking_uri(cfg)
+    if tracked:
+        tracking.check_reachable(uri)
     check_writable(out, "train.output_dir")
     with output_lock(out / LOCK_FILE, "train.output_dir", str(out)):
         resume_at = _resume_from(out / "checkpoints", resume, cfg)
         mixture = prepare_mixture(cfg) if prepare_mixture is not None else None
-        return _train(cfg, out, resume_at, progress, mixture)
+        if not tracked:
+            return _train(cfg, out, resume_at, progress, mixture, None)
+        run = TrainRun.open(uri, cfg, out)
+        try:
+            with tracking.system_metrics(uri, run.run_id, cfg.tracking):
+                result = _train(cfg, out, resume_at, progress, mixture, run)
+        except BaseException as exc:
+            run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        run.finish_with(result)
+        return result
+
+
+class TrainRun:
+    """The MLflow run of `tasft-ray train`, as a sweep's trial has one: the config as params,
+    the setting's tags and name, the data it trained on, each step's metrics once (a resumed
+    run continues the same run: its id is kept in the output folder), the adapter and the
+    final metrics."""
+
+    FILE = "mlflow_run_id"
+
+    def __init__(self, uri: str, run_id: str, out: Path):
+        self.uri, self.run_id, self.out = uri, run_id, out
+        self.steps = tracking.StepLogger(uri, run_id)
+
+    @classmethod
+    def open(cls, uri: str, cfg: Config, out: Path) -> TrainRun:
+        saved = out / cls.FILE
+        if saved.is_file():
+            run_id = saved.read_text().strip()
+            tracking.reopen(uri, run_id)
+            return cls(uri, run_id, out)
+        exp = tracking.ensure_experiment(uri, cfg.tracking.experiment)
+        tags = {tracking.RUN_KIND_TAG: "train", **tracking.setting_tags(cfg)}
+        run = tracking.client(uri).create_run(exp, run_name=cfg.setting.label, tags=tags)
+        tracking.log_params(uri, run.info.run_id, cfg)
+        tracking.client(uri).log_text(run.info.run_id, cfg.to_yaml(), CONFIG_FILE)
+        write_atomic(saved, run.info.run_id)
+        return cls(uri, run.info.run_id, out)
+
+    def log_inputs(self, mixture: Mixture) -> None:
+        tracking.log_inputs(self.uri, self.run_id, mixture.inputs)
+
+    def finish(self, status: str) -> None:
+        self.steps.flush()
+        tracking.finish_run(self.uri, self.run_id, status)
+
+    def finish_with(self, result: TrainResult) -> None:
+        self.steps.flush()
+        c = tracking.client(self.uri)
+        if result.checkpoint is not None:
+            c.log_artifacts(self.run_id, str(Path(result.checkpoint) / ADAPTER_DIR), ADAPTER_DIR)
+        for key, value in result.metrics.items():
+            if isinstance(value, (int, float)):
+                c.log_metric(self.run_id, f"final/{key}", float(value))
+        tracking.finish_run(self.uri, self.run_id)
 
 
 def _resume_from(root: Path, resume: str | Path | bool | None, cfg: Config) -> Path | None:
@@ -91,10 +152,17 @@ def _resume_from(root: Path, resume: str | Path | bool | None, cfg: Config) -> P
 
 
 def _train(
-    cfg: Config, out: Path, resume: Path | None, progress: bool, mixture: Mixture | None
+    cfg: Config,
+    out: Path,
+    resume: Path | None,
+    progress: bool,
+    mixture: Mixture | None,
+    run: TrainRun | None,
 ) -> TrainResult:
     gpu = cfg.engine.use_gpu and torch.cuda.is_available()
     trainer = TASFTTrainer(cfg, mixture=mixture, device=torch.device("cuda" if gpu else "cpu"))
+    if run is not None and not resume:
+        run.log_inputs(trainer.mixture)
     if resume:
         trainer.load_checkpoint(resume)
         log.info("resumed from %s at step %d", resume, trainer.step)
@@ -105,9 +173,16 @@ def _train(
     write_atomic(out / CONFIG_FILE, cfg.to_yaml())
     metrics_log = MetricsLog(out / METRICS_FILE, trainer.step)
 
+    def on_metrics(metrics: dict) -> None:
+        metrics_log(metrics)
+        if run is not None:
+            run.steps.add(metrics)
+
     def checkpoint(metrics: dict) -> Path:
         path = trainer._local_checkpoint(metrics)
-        metrics_log(metrics)
+        on_metrics(metrics)
+        if run is not None:  # the steps a checkpoint holds: never re-run, logged once
+            run.steps.flush()
         return path
 
-    return trainer.fit(on_metrics=metrics_log, on_checkpoint=checkpoint, progress=progress)
+    return trainer.fit(on_metrics=on_metrics, on_checkpoint=checkpoint, progress=progress)

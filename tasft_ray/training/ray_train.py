@@ -8,6 +8,7 @@ only Ray lines. Rank 0 alone writes to MLflow: training metrics only at checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -87,7 +88,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             # [4] persist the checkpoint with this step's metrics
             ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(local))
 
-    result = trainer.fit(on_metrics=on_metrics, on_checkpoint=on_checkpoint, progress=rank == 0)
+    watched = tracking.system_metrics(mlflow["uri"], mlflow["run_id"], cfg.tracking) \
+        if rank == 0 and mlflow else contextlib.nullcontext()  # the node that trains
+    with watched:
+        result = trainer.fit(on_metrics=on_metrics, on_checkpoint=on_checkpoint,
+                             progress=rank == 0)  # fmt: skip
     last = {"step": trainer.step, **result.metrics}
     for metrics in validation.finish(last):  # the validations still in flight
         ray.train.report(metrics)
