@@ -71,17 +71,7 @@ def run_training(
     with output_lock(out / LOCK_FILE, "train.output_dir", str(out)):
         resume_at = _resume_from(out / "checkpoints", resume, cfg)
         mixture = prepare_mixture(cfg) if prepare_mixture is not None else None
-        if not tracked:
-            return _train(cfg, out, resume_at, progress, mixture, None)
-        run = TrainRun.open(uri, cfg, out)
-        try:
-            with tracking.system_metrics(uri, run.run_id, cfg.tracking):
-                result = _train(cfg, out, resume_at, progress, mixture, run)
-        except BaseException as exc:
-            run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
-        run.finish_with(result)
-        return result
+        return _train(cfg, out, resume_at, progress, mixture, uri if tracked else None)
 
 
 class TrainRun:
@@ -157,14 +147,37 @@ def _train(
     resume: Path | None,
     progress: bool,
     mixture: Mixture | None,
-    run: TrainRun | None,
+    uri: str | None,
 ) -> TrainResult:
     gpu = cfg.engine.use_gpu and torch.cuda.is_available()
     trainer = TASFTTrainer(cfg, mixture=mixture, device=torch.device("cuda" if gpu else "cpu"))
-    if run is not None and not resume:
-        run.log_inputs(trainer.mixture)
     if resume:
         trainer.load_checkpoint(resume)
+    if uri is None:
+        return _fit(trainer, cfg, out, resume, progress, None)
+    # the run opens once the model and data are loaded: a mistake found there writes nothing
+    run = TrainRun.open(uri, cfg, out)
+    if not resume:
+        run.log_inputs(trainer.mixture)
+    try:
+        with tracking.system_metrics(uri, run.run_id, cfg.tracking):
+            result = _fit(trainer, cfg, out, resume, progress, run)
+    except BaseException as exc:
+        run.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    run.finish_with(result)
+    return result
+
+
+def _fit(
+    trainer: TASFTTrainer,
+    cfg: Config,
+    out: Path,
+    resume: Path | None,
+    progress: bool,
+    run: TrainRun | None,
+) -> TrainResult:
+    if resume:
         log.info("resumed from %s at step %d", resume, trainer.step)
         if trainer.step >= trainer.total_steps:
             rows = read_jsonl(out / METRICS_FILE)
