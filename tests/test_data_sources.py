@@ -596,3 +596,30 @@ def test_path_source_falls_back_until_the_file_exists(tmp_path, caplog):
         SourceConfig(path=str(tmp_path / "none.jsonl"), format="alpaca")
     with pytest.raises(ValueError, match="'fallback' only applies to a 'path' source"):
         SourceConfig(name="alpaca_1k", fallback={"name": "alpaca_1k"})
+
+
+def test_a_source_splits_by_prompt_into_disjoint_train_and_heldout_parts():
+    """The held-out responses of eval.likelihood can come from the source the training pairs
+    are drawn from: no prompt (JailbreakBench goal) is in both parts, together they are the
+    whole source, and each prompt's side is fixed by its text alone."""
+    from tasft_ray.data.sources import in_heldout, read_source
+
+    every = load_source(SourceConfig(name="jbb_jailbroken"))
+    train = read_source(SourceConfig(name="jbb_jailbroken", prompt_part="train"))
+    held = load_source(SourceConfig(name="jbb_jailbroken", prompt_part="heldout"))
+    goals = {e.instruction for e in train.examples}, {e.instruction for e in held}
+    assert goals[0] and goals[1] and not goals[0] & goals[1]
+    assert len(train.examples) + len(held) == len(every)
+    assert 0.1 < len(goals[1]) / len(goals[0] | goals[1]) < 0.3  # about heldout_share = 0.2
+    assert train.name == "jbb_jailbroken [train prompts]"  # what the run's lineage shows
+    # the side is the prompt's own: the same in another source (the refusals to the same goals),
+    # whatever the spacing or case
+    refused = load_source(SourceConfig(name="jbb_refused", prompt_part="heldout"))
+    assert refused and not {e.instruction for e in refused} & goals[0]
+    assert all(in_heldout(g, 0.2) for g in goals[1]) and not any(in_heldout(g, 0.2)
+                                                                 for g in goals[0])
+    some = next(iter(goals[1]))
+    assert in_heldout(f"  {some.upper()} ", 0.2)
+    wider = load_source(SourceConfig(name="jbb_jailbroken", prompt_part="heldout",
+                                     heldout_share=0.5))  # fmt: skip
+    assert {e.instruction for e in held} < {e.instruction for e in wider}

@@ -336,3 +336,39 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert "experiment empty: 0 trial run(s)" in err[1] and "eval.in_sweep=true" in err[1]
     assert "--experiment missing: no such MLflow experiment" in err[2]
     assert not (tmp_path / "r").exists()  # nothing half written
+
+
+def test_each_method_against_sft_with_intervals():
+    """Separated means the 95 % intervals do not overlap, on the safer side: fewer harmful
+    answers (Wilson), a higher held-out harmful NLL (mean ± 1.96 s/√n)."""
+    from tasft_ray.report import format_trials
+
+    def trial(method, lam, harmful, nll):
+        t = _trial(method, lam, harmful, 0.2, 0.55)
+        t.final |= {"safety/n": 518, "xstest_safe/n": 250, "xstest/safe_refusal_rate": 0.012,
+                    "nll/harmful/response_mean": nll[0], "nll/harmful/ci_low": nll[1],
+                    "nll/harmful/ci_high": nll[2], "nll/harmful/n": 60}  # fmt: skip
+        return t
+
+    sft = trial("sft", 0.0, 86, (1.93, 1.85, 2.01))
+    emd = trial("emd", 16.0, 34, (2.42, 2.30, 2.54))  # Wilson [4.7, 9.0] % vs SFT [13.6, 20.1] %
+    nlcl = trial("nlcl", 4.0, 80, (1.98, 1.90, 2.06))  # both intervals overlap SFT's
+    stl = trial("stl", 0.0, 140, (1.90, 1.82, 1.98))  # more harmful: separated, the wrong way
+    text = format_trials([sft, emd, nlcl, stl])
+    lines = {line.split(":")[0]: line for line in text.splitlines() if "vs SFT" in line}
+    assert set(lines) == {"emd λ=16 n=100", "nlcl λ=4 n=100", "stl n=100"}  # not SFT itself
+    assert ("harmful answers 34/518 (6.6% [4.7%, 9.0%]) vs SFT 86/518 (16.6% [13.6%, 20.1%]): "
+            "separated from SFT: yes") in lines["emd λ=16 n=100"]  # fmt: skip
+    assert ("held-out harmful NLL 2.420 [2.300, 2.540] vs SFT 1.930 [1.850, 2.010]: separated "
+            "from SFT: yes") in lines["emd λ=16 n=100"]  # fmt: skip
+    assert lines["nlcl λ=4 n=100"].count("separated from SFT: no") == 2
+    assert "harmful answers 140/518" in lines["stl n=100"] and "SFT: worse" in lines["stl n=100"]
+    table = text.splitlines()[:5]
+    assert table[0].split() == ["trial", "harmful", "answers", "held-out", "harmful", "NLL",
+                                "xstest", "safe", "refused", "quality"]  # fmt: skip
+    assert "3/250" in table[2] and "0.550" in table[2]  # 0.012 × 250 refused, quality
+    # a trial without the likelihood set shows its counts; no NLL verdict is made up
+    bare = _trial("emd", 4.0, 30, 0.2, 0.55)
+    bare.final |= {"safety/n": 518}
+    (line,) = [x for x in format_trials([sft, bare]).splitlines() if "vs SFT" in x]
+    assert "harmful answers" in line and "NLL" not in line

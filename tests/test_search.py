@@ -205,6 +205,11 @@ def test_adaptive_search_killed_and_resumed_validates_and_stops_by_the_objective
     assert "reference/val/quality" in parent.data.metrics
     out = proc.stdout
     assert "objective: minimise val/harm_score" in out and "avg loss/penalty" in out
+    # Tune speaks the objective, and hears the concurrency limit once (the searcher's): no
+    # "max_concurrent_trials will be ignored" warning
+    best = [line for line in out.splitlines() if "Current best trial" in line]
+    assert best and all("objective=" in line for line in best), best
+    assert "will be ignored" not in out + proc.stderr
 
 
 def _at(c, run, key: str, step: int) -> float:

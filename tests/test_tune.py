@@ -7,9 +7,11 @@ results are read back from the sqlite MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -61,6 +63,25 @@ def test_param_space_and_cases():
     params = {"loss.lam": 1, "case": {"loss.method": "nlcl"}}
     assert trial_overrides(params) == {"loss.lam": 1, "loss.method": "nlcl"}
     assert cfg.with_overrides(trial_overrides(params)).loss.method == "nlcl"
+
+
+def test_run_names_show_what_else_a_sweep_varies(tmp_path):
+    """Two trials of one sweep never share a run name: the setting, then every other swept
+    key (test hooks aside) and a contrastive augmentation however it was set."""
+    from tasft_ray.sweep.trial import run_extras
+
+    (tmp_path / "c.jsonl").write_text("")
+    cases = (f"sweep.cases=[{{loss.method: emd, data.contrastive: {{path: {tmp_path}/c.jsonl, "
+             "format: generated}}, {loss.method: emd}]")  # fmt: skip
+    cfg = load_config("tiny", [cases, "sweep.space={train.lr: {grid: [0.001]}}"])
+    with_c = {"case": cfg.sweep.cases[0], "train.lr": 0.001, "testing.fail_at_step": 3}
+    without = {"case": cfg.sweep.cases[1], "train.lr": 0.001}
+    names = []
+    for params in (with_c, without):
+        trial = cfg.with_overrides(trial_overrides(params))
+        names.append(dataclasses.replace(trial.setting, extras=run_extras(trial, params)).label)
+    assert names == ["emd λ=1 n=16 seed=0 train.lr=0.001 contrastive=c.jsonl",
+                     "emd λ=1 n=16 seed=0 train.lr=0.001"]  # fmt: skip
 
 
 def test_bad_sweep_keys_are_one_line(tmp_path):
@@ -246,6 +267,16 @@ def test_grid_of_engines_and_methods_with_crashes_evaluation_and_report(tmp_path
     assert list(ds3.glob("checkpoint_*/deepspeed/*optim_states.pt"))
     # each rank staged its checkpoints in a temp dir; none is left once Ray has them
     assert not list(ray_head.scratch.glob("tasft_ckpt_*"))
+    # the chosen adapter in the model registry: the one penalty method's trial, as a version
+    # of the model named after the sweep, alias champion; said on the console
+    version = c.get_model_version_by_alias("sweep", "champion")
+    assert version.tags["tasft.run_id"] == emd.info.run_id
+    assert f"registered: models:/sweep@champion (version {version.version}, emd λ=1" in proc.stdout
+    # the console: each method against its SFT trial with intervals; Tune ranks nothing across
+    # methods by a training loss (no objective here)
+    assert re.search(r"^emd λ=1 n=16: harmful answers \d/2 .* vs SFT \d/2 .*: separated from "
+                     r"SFT: (no|yes|worse)$", proc.stdout, re.M)  # fmt: skip
+    assert "Current best trial" not in proc.stdout
 
 
 def test_optuna_search_and_asha_on_the_validated_step():

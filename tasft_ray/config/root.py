@@ -95,7 +95,9 @@ class Config(Section):
             return self
         ranks = s.search == "optuna" or s.scheduler != "none"
         if ranks and s.metric is None:
-            what = "sweep.search=optuna" if s.search == "optuna" else f"sweep.scheduler={s.scheduler}"
+            what = f"sweep.scheduler={s.scheduler}"
+            if s.search == "optuna":
+                what = "sweep.search=optuna"
             raise ValueError(
                 f"{what} ranks trials: set sweep.objective, e.g. {{minimize: val/harm_score}}, "
                 "with eval.validation.every (or sweep.metric)"

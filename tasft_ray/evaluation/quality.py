@@ -105,6 +105,7 @@ def run_quality(
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise ConfigError("eval.quality_tasks needs lm-eval: pip install 'lm-eval>=0.4'") from None
+    _quiet_lm_eval()
     with tempfile.TemporaryDirectory(prefix="tasft_quality_") as tmp:
         configs = [
             task_config(t, write_docs(t, Path(tmp), root, limit, (docs or {}).get(t)))
@@ -113,7 +114,7 @@ def run_quality(
         # Our tasks are inline configs: without include_defaults=False, lm-eval indexes its
         # ~14,000 built-in task YAML files on every call (6-12 s of CPU each time: most of a
         # tiny model's validation, paid at every checkpoint of every trial)
-        out = simple_evaluate(model=lm, tasks=configs, log_samples=False, verbosity="WARNING",
+        out = simple_evaluate(model=lm, tasks=configs, log_samples=False,
                               task_manager=TaskManager(include_defaults=False))  # fmt: skip
     metrics: dict[str, float] = {}
     for t in tasks:
@@ -123,6 +124,15 @@ def run_quality(
     if tasks:
         metrics["quality/mean_acc"] = sum(metrics[f"quality/{t}/acc"] for t in tasks) / len(tasks)
     return metrics
+
+
+def _quiet_lm_eval() -> None:
+    """lm-eval's INFO lines (seeds, selected tasks, contexts built) and the datasets library's
+    bar per task file: a run's console gets our one quality bar instead."""
+    import datasets
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    datasets.disable_progress_bars()
 
 
 def hf_lm(model, tokenizer, batch_size: int = 8):

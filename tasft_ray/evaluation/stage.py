@@ -24,7 +24,6 @@ import contextlib
 import logging
 import os
 import tempfile
-import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,12 +54,9 @@ class Evaluator:
 
         torch.set_num_threads(threads)  # Ray pins OMP_NUM_THREADS=1 in every worker
         # Ray forwards an actor's output to the sweep's console: the progress bars of every
-        # request (datasets, lm-eval, ours) and peft's deprecation notice per adapter load
-        # would flood it with lines nobody can act on
+        # request (datasets, lm-eval, ours) would flood it with lines nobody can act on (model
+        # loads are quiet: models.quiet_loading)
         os.environ["TQDM_DISABLE"] = "1"
-        warnings.filterwarnings(
-            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
-        )
         self.models: dict[str, tuple[Any, Any]] = {}
         self.judges: dict[str, Any] = {}
         self.requests = 0

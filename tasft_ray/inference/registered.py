@@ -14,8 +14,6 @@ two things (``adapter_from_spec``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import mlflow.pyfunc
 
 from tasft_ray.config import ModelConfig, SamplingConfig
@@ -24,8 +22,8 @@ ADAPTER_ARTIFACT = "adapter"  # the pyfunc's artifact key and folder name
 
 
 class AdapterModel(mlflow.pyfunc.PythonModel):
-    """``predict(["a prompt", ...])`` (or a DataFrame with a ``prompt`` column, optional
-    ``input``) -> the answers, greedy unless the registered sampling says otherwise."""
+    """``predict(["a prompt", ...])`` -> the answers (in the training template), greedy unless
+    the registered sampling says otherwise."""
 
     def load_context(self, context) -> None:
         from tasft_ray.inference.generator import load_generator_model
@@ -38,17 +36,13 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
             seed=int(spec["seed"]),
         )
 
-    def predict(self, context, model_input: Any, params: dict | None = None) -> list[str]:
+    def predict(self, context, model_input: list[str], params: dict | None = None) -> list[str]:
         from tasft_ray.inference.generator import generate_responses
 
-        if hasattr(model_input, "to_dict"):  # a DataFrame: prompt (+ input) columns
-            rows = model_input.to_dict(orient="list")
-            prompts = [str(p) for p in rows["prompt"]]
-            inputs = [str(x) for x in rows.get("input", [""] * len(prompts))]
-        else:
-            prompts = [str(p) for p in model_input]
-            inputs = [""] * len(prompts)
-        return generate_responses(self.model, self.tokenizer, prompts, inputs, self.sampling)
+        prompts = [str(p) for p in model_input]
+        return generate_responses(
+            self.model, self.tokenizer, prompts, [""] * len(prompts), self.sampling
+        )
 
 
 def model_config(model: ModelConfig, seed: int, sampling: SamplingConfig) -> dict:

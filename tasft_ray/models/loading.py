@@ -93,8 +93,21 @@ def weights_seed(cfg: ModelConfig, seed: int) -> int | None:
     return seed if cfg.name == "tiny" else None
 
 
+def quiet_loading() -> None:
+    """No progress bar per weights load (a Ray worker's reach the sweep's console, one per
+    model and adapter load) and no deprecation notice per adapter (peft reads a model property
+    transformers 5 deprecated): nothing a user can act on. Idempotent, per process."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+
+
 def load_model(cfg: ModelConfig, seed: int = 0):
     """Returns (tokenizer, model). The tokenizer always has eos and pad tokens."""
+    quiet_loading()
     if cfg.name == "tiny":
         tokenizer = build_tiny_tokenizer()
         model = build_tiny_model(tokenizer, seed)

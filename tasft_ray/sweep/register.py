@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 ALIAS = "champion"
 # The numbers a version carries as tags (when the trial has them), final evaluation's
-METRIC_TAGS = ("safety/n_harmful", "safety/n", "safety/harm_score", "xstest/safe_refusal_rate",
-               "quality/mean_acc", "nll/harmful/response_mean", "answers/degenerate_rate")  # fmt: skip
+METRIC_TAGS = ("safety/n_harmful", "safety/n", "safety/harm_score",
+               "xstest/safe_refusal_rate", "quality/mean_acc", "nll/harmful/response_mean",
+               "answers/degenerate_rate")  # fmt: skip
 
 
 @dataclass(frozen=True)
