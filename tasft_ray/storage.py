@@ -33,10 +33,33 @@ def is_uri(spec: str) -> bool:
     return bool(sep) and scheme.isidentifier() and scheme != "file"
 
 
-def _s3(spec: str) -> tuple[pafs.FileSystem, str]:
+ATTEMPTS = 10  # tries per object-store request: AWS's standard backoff, ~45 s of outage
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem whose every request (a checkpoint part upload, a download, a
+    listing) is tried ``attempts`` times with AWS's standard exponential backoff on the errors
+    an outage or throttling gives (5xx, dropped connections) — also in the Ray processes it is
+    shipped to: pyarrow's own pickling drops the retry strategy, this one rebuilds it."""
+
+    def __init__(self, attempts: int = ATTEMPTS, **options):
+        retry = pafs.AwsStandardS3RetryStrategy(max_attempts=attempts)
+        super().__init__(retry_strategy=retry, **options)
+        self._options = (attempts, options)
+
+    def __reduce__(self):
+        return (_retrying_s3, self._options)
+
+
+def _retrying_s3(attempts: int, options: dict) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(attempts, **options)
+
+
+def _s3(spec: str, attempts: int = ATTEMPTS) -> tuple[pafs.FileSystem, str]:
     env = os.environ
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    fs = pafs.S3FileSystem(
+    fs = RetryingS3FileSystem(
+        attempts,
         access_key=env.get("AWS_ACCESS_KEY_ID") or None,
         secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
         session_token=env.get("AWS_SESSION_TOKEN") or None,
@@ -128,15 +151,17 @@ class Location:
             raise UserError(f"{key} {self.uri}: a file written there did not read back")
 
 
-def location(spec: str | os.PathLike, key: str) -> Location:
+def location(spec: str | os.PathLike, key: str, attempts: int = ATTEMPTS) -> Location:
     """Parse ``spec`` (a path, ``file://``, or an object store URI) into a Location; a local
-    path is made absolute, so every process sees the same folder."""
+    path is made absolute, so every process sees the same folder. ``attempts``: tries per S3
+    request (``sweep.storage_attempts``)."""
     spec = str(spec)
     if not is_uri(spec):
         path = os.path.abspath(os.path.expanduser(spec.removeprefix("file://")))
         return Location(pafs.LocalFileSystem(), path, path)
     try:
-        fs, path = _s3(spec) if spec.startswith("s3://") else pafs.FileSystem.from_uri(spec)
+        fs, path = (_s3(spec, attempts) if spec.startswith("s3://")
+                    else pafs.FileSystem.from_uri(spec))  # fmt: skip
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise UserError(
             f"{key} {spec}: not a storage URI pyarrow can open ({one_line(exc, 200)})"

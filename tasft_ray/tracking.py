@@ -229,19 +229,30 @@ def live_run(uri: str, cfg: Config, kind: str, tags: dict[str, str] | None = Non
 
 
 class StepLogger:
-    """Rank 0's per-step metrics, written to MLflow when a checkpoint is taken.
+    """Rank 0's per-step metrics, handed to MLflow when a checkpoint is taken.
 
     Steps after the last checkpoint are re-run after a worker failure, so they are held back
-    until the next checkpoint, and steps MLflow already has are skipped: each step appears
-    exactly once in the run's history, however often the worker group restarts.
+    until the next checkpoint, and steps MLflow (or the restored checkpoint's unsent rows)
+    already has are skipped: each step appears exactly once in the run's history, however
+    often the worker group restarts. Rows go out through an outbox (``tasft_ray.outbox``), so
+    a tracking outage never holds up training; ``save`` puts the unsent ones into a checkpoint.
     """
 
     def __init__(self, uri: str, run_id: str, keys: tuple[str, ...] = ("loss/total", "val/n")):
-        self.uri, self.run_id = uri, run_id
+        from tasft_ray.outbox import MetricOutbox
+
+        self.uri, self.run_id, self.keys = uri, run_id, keys
         self.pending: list[dict] = []
         c = client(uri)
         steps = [m.step for key in keys for m in c.get_metric_history(run_id, key)]
         self.logged_up_to = max(steps, default=-1)  # step 0: validation before training
+        self.outbox = MetricOutbox(uri, run_id)
+
+    def restore(self, folder: Path) -> None:
+        """Queue a checkpoint's unsent rows; their steps count as logged."""
+        self.outbox.restore(folder)
+        queued = [m.step for m in self.outbox.unsent() if m.key in self.keys]
+        self.logged_up_to = max([self.logged_up_to, *queued])
 
     def add(self, metrics: dict) -> None:
         self.pending.append(metrics)
@@ -250,18 +261,27 @@ class StepLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [
+        rows = [
             Metric(k, float(v), now, int(m["step"]))
             for m in self.pending
             if m["step"] > self.logged_up_to
             for k, v in m.items()
             if k != "step" and isinstance(v, (int, float))
         ]
-        for i in range(0, len(batch), 1000):
-            client(self.uri).log_batch(self.run_id, metrics=batch[i : i + 1000])
+        self.outbox.put(rows)
         if self.pending:
             self.logged_up_to = max(self.logged_up_to, max(m["step"] for m in self.pending))
         self.pending = []
+
+    def save(self, folder: Path) -> None:
+        self.outbox.save(folder)
+
+    def drain(self, timeout: float) -> None:
+        """Wait for every row to be delivered, at most ``timeout`` seconds (then say so)."""
+        if not self.outbox.drain(timeout):
+            log.warning("tracking server %s did not take run %s's last %d metric row(s) in "
+                        "%.0f s; they stay in its last checkpoint (%s)", self.uri, self.run_id,
+                        len(self.outbox.unsent()), timeout, "tracking_outbox.jsonl")  # fmt: skip
 
 
 def setting_tags(cfg: Config) -> dict[str, str]:

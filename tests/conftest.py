@@ -448,6 +448,93 @@ def cluster(tmp_path_factory):
             c.remove_node(node, allow_graceful=False)
 
 
+class FaultyS3:
+    """An HTTP proxy in front of the S3 server, for its faults: every request passes through to
+    the real server, except those to the ``nth`` checkpoint folder written through it once
+    ``after`` of its requests have passed (the rest of that upload), which get S3's own
+    ``503 ServiceUnavailable`` — what a throttling or failing endpoint answers and clients retry
+    — until ``failures`` such answers have been given. Runs in the test process (threads)."""
+
+    def __init__(self, upstream: str):
+        import http.client
+        import urllib.parse
+
+        self.upstream = urllib.parse.urlparse(upstream)
+        self.rule: tuple[int, int, int] | None = None  # (nth folder, after, failures)
+        self.folders: list[str] = []  # checkpoint folders written through it, in order
+        self.passed: dict[str, int] = {}
+        self.failed = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.refuse(self.command, self.path):
+                    payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
+                               b"ServiceUnavailable</Code><Message>injected</Message></Error>")
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
+                                                  timeout=60)  # fmt: skip
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward  # noqa: N815
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)  # fmt: skip
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def fail_checkpoint(self, nth: int, after: int, failures: int) -> None:
+        with self.lock:
+            self.rule, self.folders, self.passed, self.failed = (nth, after, failures), [], {}, 0
+
+    def refuse(self, method: str, path: str) -> bool:
+        match = re.search(r"/(checkpoint_[^/?]+)", path)
+        if self.rule is None or method not in ("PUT", "POST") or not match:
+            return False
+        with self.lock:
+            folder = match.group(1)
+            if folder not in self.folders:
+                self.folders.append(folder)
+            nth, after, failures = self.rule
+            if self.folders.index(folder) + 1 != nth or self.failed >= failures:
+                return False
+            self.passed[folder] = self.passed.get(folder, 0) + 1
+            if self.passed[folder] <= after:
+                return False
+            self.failed += 1
+            return True
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 # ----------------------------------------------------------------------------- an HTTP API
 
 

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
         "tasft_ray.stats",
     ),  # fmt: skip
     ("tasft_ray.files", "tasft_ray.config"),
-    ("tasft_ray.storage", "tasft_ray.losses", "tasft_ray.worker_env"),
+    ("tasft_ray.storage", "tasft_ray.losses", "tasft_ray.worker_env", "tasft_ray.outbox"),
     ("tasft_ray.data", "tasft_ray.cluster", "tasft_ray.models"),
     ("tasft_ray.tracking",),  # names the data sets runs used (data.lineage)
     ("tasft_ray.training", "tasft_ray.judges"),

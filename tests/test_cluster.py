@@ -19,16 +19,21 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import (
     AWS,
     BUCKET,
+    SERVER_ENV,
     TUNE_ERROR,
+    FaultyS3,
     adapter_loss,
+    free_ports,
     metric_steps,
     sqlite_uri,
     start_group,
     stop_group,
     sweep_runs,
+    wait_http,
 )
 
 from tasft_ray.config import REPO_ROOT
@@ -88,20 +93,60 @@ def _node_of(cluster, node_id: str):
 # ----------------------------------------------------------------------------- the main path
 
 
-def test_sweep_across_nodes_survives_losing_one_with_storage_and_tracking_remote(
-    tmp_path, cluster, s3, mlflow_url
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """A real `mlflow server` this module stops and starts again (the session's, conftest
+    ``mlflow_url``, serves other tests and must stay up): same port, same store."""
+    folder = tmp_path_factory.mktemp("mlflow_outage")
+    (port,) = free_ports(1)
+    server = RestartableServer(folder, port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class RestartableServer:
+    def __init__(self, folder: Path, port: int):
+        self.folder, self.port = folder, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = None
+
+    def start(self) -> None:
+        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+               f"sqlite:///{self.folder / 'mlflow.db'}", "--artifacts-destination",
+               str(self.folder / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1"]  # fmt: skip
+        log = self.folder / f"server_{time.time_ns()}.log"
+        self.proc = start_group(cmd, log, env=SERVER_ENV)
+        wait_http(f"{self.url}/health", self.proc, log)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+
+
+def test_sweep_across_nodes_survives_losing_one_and_a_tracking_outage(
+    tmp_path, cluster, s3, tracking_server
 ):
     """Two ranks on different nodes; data prepared by the driver, then its data root moved away;
     a worker node removed mid-trial: the trial restores from its checkpoint in the object store
-    on the nodes left and ends with the adapter of an uninterrupted run, every step logged once."""
+    on the nodes left and ends with the adapter of an uninterrupted run. Later the tracking
+    server is stopped for 35 s and started again: training goes on meanwhile (rank 0 holds its
+    rows, tasft_ray.outbox), every train and validation step is logged exactly once."""
     data = _data_copy(tmp_path)
-    sets = ["train.max_steps=16", "train.checkpoint_every=4", "engine.max_failures=2",
+    url = tracking_server.url
+    sets = ["train.max_steps=24", "train.checkpoint_every=4", "engine.max_failures=2",
             "eval.in_sweep=true", "eval.max_prompts=1", "eval.quality_limit=2",
-            "eval.sampling.max_new_tokens=4", "generate.batch_size=8"]  # fmt: skip
+            "eval.sampling.max_new_tokens=4", "generate.batch_size=8",
+            "eval.validation.every=4", "eval.validation.benchmarks=[advbench]",
+            "eval.validation.max_prompts=2", "eval.validation.safe=1",
+            "eval.validation.quality_limit=1", "tracking.system_metrics_every=2"]  # fmt: skip
     log = tmp_path / "driver.log"
-    env = _env(tmp_path, cluster, s3, mlflow_url, data)
+    env = _env(tmp_path, cluster, s3, url, data)
     proc = start_group(_sweep_cmd("faulty", *sets), log, env)
-    removed = None
+    removed, outage = None, None
     try:
         deadline = time.time() + TIMEOUT
         while time.time() < deadline and data.exists():  # the driver prepares, then we move it
@@ -109,14 +154,15 @@ def test_sweep_across_nodes_survives_losing_one_with_storage_and_tracking_remote
             if "data prepared for" in log.read_text():
                 data.rename(tmp_path / "data_gone")
             time.sleep(0.2)
-        while time.time() < deadline and removed is None:  # a checkpoint is in the store
+        while time.time() < deadline and outage is None:
             assert proc.poll() is None, log.read_text()[-4000:]
             time.sleep(0.3)
             try:
-                c, _, kids = _children(mlflow_url, "faulty")
+                c, _, kids = _children(url, "faulty")
             except (AssertionError, AttributeError):
                 continue
-            if kids and max(metric_steps(c, kids[0]) or [0]) >= 4:
+            done = max(metric_steps(c, kids[0]) or [0]) if kids else 0
+            if removed is None and done >= 4:  # a checkpoint is in the store
                 tags = c.get_run(kids[0].info.run_id).data.tags
                 nodes = tags["tasft.nodes"].split(",")
                 assert len(set(nodes)) == 2  # strict_spread: the two ranks on two nodes
@@ -125,35 +171,71 @@ def test_sweep_across_nodes_survives_losing_one_with_storage_and_tracking_remote
                 victim = next(n for n in ranks if n is not None)
                 cluster[0].remove_node(victim, allow_graceful=False)
                 removed = victim.node_id
+            elif removed is not None and done >= 12:  # restored and training again
+                tracking_server.stop()
+                outage = time.time()
+                time.sleep(35)
+                assert proc.poll() is None, log.read_text()[-4000:]  # the sweep lives on
+                tracking_server.start()
         assert proc.wait(timeout=TIMEOUT) == 0, log.read_text()[-4000:]
     finally:
         stop_group(proc)
-    c, parent, (kid,) = _children(mlflow_url, "faulty")
+    c, parent, (kid,) = _children(url, "faulty")
+    assert outage is not None
     assert parent.info.status == "FINISHED" and kid.info.status == "FINISHED"
-    assert metric_steps(c, kid) == list(range(1, 17))  # every step exactly once
+    assert metric_steps(c, kid) == list(range(1, 25))  # every step exactly once
+    assert metric_steps(c, kid, "val/harm_score") == [0, 4, 8, 12, 16, 20, 24]
+    # steps trained while the server was down (rows are stamped when made): held, delivered
+    history = c.get_metric_history(kid.info.run_id, "loss/total")
+    assert any(outage < m.timestamp / 1000 < outage + 35 for m in history)
     after = kid.data.tags["tasft.nodes"].split(",")
     assert removed not in after and len(set(after)) == 2  # restored on the nodes left
     assert "final/eval/safety/n" in kid.data.metrics  # evaluated with the driver's prompts
     out = log.read_text()
     assert f"results: s3://{BUCKET}/sweeps/faulty" in out
+    assert "not answering" in out and "answers again" in out  # the one line each way
 
-    # the same sweep, nothing removed: the same final adapter
+    # the same sweep, nothing removed, no outage: the same final adapter
     ref_log = tmp_path / "reference.log"
     ref = start_group(_sweep_cmd("reference", *sets[:3]), ref_log,
-                 _env(tmp_path, cluster, s3, mlflow_url, tmp_path / "data_gone"))  # fmt: skip
+                 _env(tmp_path, cluster, s3, url, tmp_path / "data_gone"))  # fmt: skip
     try:
         assert ref.wait(timeout=TIMEOUT) == 0, ref_log.read_text()[-4000:]
     finally:
         stop_group(ref)
-    c, _, (ref_kid,) = _children(mlflow_url, "reference")
+    c, _, (ref_kid,) = _children(url, "reference")
     got, want = _adapter_loss(c, kid, tmp_path), _adapter_loss(c, ref_kid, tmp_path)
     assert abs(got - want) < 1e-4, (got, want)
 
 
-def test_killed_driver_resumes_from_object_storage(tmp_path, cluster, s3, mlflow_url):
-    env = _env(tmp_path, cluster, s3, mlflow_url, _data_copy(tmp_path))
+def _local_adapter_loss(tmp_path: Path, lam: float, steps: int) -> float:
+    """The undisturbed run: the same training (one rank) in this process."""
+    from tasft_ray.config import load_config
+    from tasft_ray.training.local import run_training
+
+    out = tmp_path / f"local_lam{lam:g}"
+    cfg = load_config("tiny", ["lora.dropout=0", "engine.kind=ddp", f"loss.lam={lam}",
+                               f"train.max_steps={steps}", "train.checkpoint_every=4",
+                               f"train.output_dir={out}"])  # fmt: skip
+    result = run_training(cfg, progress=False)
+    return adapter_loss(Path(result.checkpoint) / "adapter")
+
+
+def test_killed_driver_resumes_from_object_storage_after_a_failed_checkpoint_upload(
+    tmp_path, cluster, s3, mlflow_url
+):
+    """The object store fails mid-upload: the second checkpoint written gets S3's 503 for all
+    but its first requests, more often than its tries (sweep.storage_attempts), so the upload
+    fails; the trial's worker group restarts from its last complete checkpoint — the incomplete
+    one stays in the bucket and is never restored. The driver is then killed once a trial has
+    finished, and --resume from s3:// finishes the other; each trial ends with the adapter of
+    an undisturbed run (the same training in this process)."""
+    faults = FaultyS3(s3)
+    env = _env(tmp_path, cluster, faults.url, mlflow_url, _data_copy(tmp_path))
     sets = ["train.max_steps=8", "train.checkpoint_every=4", "train.num_workers=1",
-            "train.placement=pack", "sweep.space={loss.lam: {grid: [0, 1]}}"]  # fmt: skip
+            "train.placement=pack", "sweep.space={loss.lam: {grid: [0, 1]}}",
+            "sweep.storage_attempts=2"]  # fmt: skip
+    faults.fail_checkpoint(nth=2, after=2, failures=100_000)
     log = tmp_path / "driver.log"
     proc = start_group(_sweep_cmd("killed", *sets), log, env)
     try:
@@ -181,6 +263,28 @@ def test_killed_driver_resumes_from_object_storage(tmp_path, cluster, s3, mlflow
     assert again.info.end_time == first.info.end_time  # the finished trial was not rerun
     for k in kids:
         assert k.info.status == "FINISHED" and metric_steps(c, k) == list(range(1, 9))
+    # the upload really failed, and what it left is incomplete: some files, not all
+    assert faults.failed > 0 and len(faults.folders) >= 3  # the restarted group wrote anew
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=s3, access_key="test", secret_key="test",
+                           region="us-east-1")  # fmt: skip
+    sweep_files = fs.get_file_info(pafs.FileSelector(f"{BUCKET}/sweeps/killed", recursive=True))
+    by_folder: dict[str, set[str]] = {}
+    for info in sweep_files:
+        parts = info.path.split("/")
+        folder = next((p for p in parts if p.startswith("checkpoint_")), None)
+        if folder and info.type == pafs.FileType.File:
+            rest = "/".join(parts[parts.index(folder) + 1 :])
+            by_folder.setdefault(folder, set()).add(rest)
+    cut = by_folder.get(faults.folders[1], set())
+    complete = by_folder[faults.folders[0]]
+    assert cut < complete, (cut, complete)
+    for k in kids:  # each ends where an undisturbed run of its λ does
+        lam = float(k.data.params["loss.lam"])
+        got = _adapter_loss(c, k, tmp_path)
+        assert abs(got - _local_adapter_loss(tmp_path, lam, 8)) < 1e-4, (lam, got)
+    faults.close()
 
 
 def test_unreachable_object_store_is_one_line(tmp_path, cli_main, monkeypatch):

@@ -31,6 +31,7 @@ from tasft_ray.inference.generator import load_generator_model
 from tasft_ray.models import attach_lora, load_model
 from tasft_ray.objective import TUNE_METRIC, VAL_STEP
 from tasft_ray.training.checkpoints import ADAPTER_DIR
+from tasft_ray.outbox import MetricOutbox
 from tasft_ray.training.validation import PENDING_DIR, make_validation
 
 
@@ -142,6 +143,7 @@ def _train(validation, trainer, steps, tmp_path: Path) -> list[dict]:
         if step % 2 == 0:
             local = _checkpoint(tmp_path / f"ckpt_{step}_{time.monotonic_ns()}", step)
             reports.append(validation.at_checkpoint(metrics, local))
+            validation.outbox.save(local)  # as rank 0's step logger does
         else:
             reports.append(validation.at_step(metrics))
     return reports
@@ -170,19 +172,25 @@ def test_async_validation_delivers_every_checkpoint_once_in_order_across_a_kill(
                 return {"val/harm_score": step / 10, "val/seconds": DELAYS[step]}
 
         loop = {"validator": _Submit(Slow.remote()), "objective": c.sweep.objective.build()}
-        first = make_validation(loop, _Trainer(c), 0, 1, mlflow)
+        # the tracking server does not answer until the kill: every row stays unsent
+        down = MetricOutbox("http://127.0.0.1:9", run_id)
+        first = make_validation(loop, _Trainer(c), 0, 1, mlflow, down)
         assert first.start() is None
         before = _train(first, first.trainer, range(1, 5), tmp_path)
         # killed here, after the step-4 checkpoint, validations 2 and 4 (likely) in flight
         ckpt = max(tmp_path.glob("ckpt_4_*"))
         kept = sorted(p.name for p in (ckpt / PENDING_DIR).glob("step_*"))
         assert kept in ([], ["step_2"])  # what was in flight then, beside the checkpoint's own
+        assert not tracking.client(uri).get_metric_history(run_id, "val/harm_score")
 
-        second = make_validation(loop, _Trainer(c, 4), 0, 1, mlflow)
+        outbox = MetricOutbox(uri, run_id)  # the restored worker's, the server back
+        outbox.restore(ckpt)  # the checkpoint's unsent rows (step 0's validation at least)
+        second = make_validation(loop, _Trainer(c, 4), 0, 1, mlflow, outbox)
         second.resume(ckpt)
         assert second.start() is None
         after = _train(second, second.trainer, range(5, 9), tmp_path)
         after += second.finish({"step": 8})
+        assert outbox.drain(60)
     finally:
         ray.shutdown()
 

@@ -84,6 +84,24 @@ def test_resume_gives_identical_adapter(tmp_path):
     assert any(v.abs().sum() > 0 for k, v in got.items() if "lora_B" in k)
 
 
+def test_notice_of_a_preemption_checkpoints_at_the_next_step_once(tmp_path):
+    """Ray Train's notice of a node being reclaimed (``ray_train.PreemptionCheck``) takes a
+    checkpoint at the step it arrives, out of schedule, once: the group Ray restarts then
+    resumes from that step instead of the last scheduled checkpoint."""
+    trainer = TASFTTrainer(_cfg(tmp_path, "train.max_steps=10", "train.checkpoint_every=5"))
+    taken, told = [], []
+
+    def notice() -> bool:  # the notice arrives at step 3 and stays; acted on once
+        if trainer.step >= 3 and not told:
+            told.append(trainer.step)
+            return True
+        return False
+
+    trainer.fit(on_checkpoint=lambda m: taken.append(m["step"]), progress=False,
+                checkpoint_now=notice)  # fmt: skip
+    assert taken == [3, 5, 10]
+
+
 def test_run_training_resume_keeps_metrics_continuous(tmp_path):
     import shutil
 

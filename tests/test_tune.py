@@ -123,11 +123,13 @@ def test_step_logger_skips_steps_already_logged(tmp_path):
     for step in (1, 2, 3):
         first.add({"step": step, "loss/total": float(step)})
     first.flush()
+    assert first.outbox.drain(30)  # (sent by the outbox's thread)
     # a restarted worker resumes from the step-2 checkpoint and replays step 3
     again = tracking.StepLogger(uri, run_id)
     for step in (3, 4):
         again.add({"step": step, "loss/total": float(step)})
     again.flush()
+    assert again.outbox.drain(30)
     history = tracking.client(uri).get_metric_history(run_id, "loss/total")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
 

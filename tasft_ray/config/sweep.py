@@ -108,6 +108,14 @@ class ToxicSearchConfig(Section):
 class SweepConfig(Section):
     name: str = Field("sweep", min_length=1, description="Tune experiment name (a folder).")
     storage: str = Field("runs/ray", description="Ray storage path for trials and checkpoints.")
+    storage_attempts: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="Tries per object-store request (checkpoint uploads and downloads "
+        "included), AWS's standard exponential backoff between them: 10 ride out ~45 s of an "
+        "unreachable or throttling endpoint.",
+    )
     space: dict[str, SweepParam] = Field(
         default_factory=dict,
         description="Dotted config key -> values, e.g. loss.lam: {grid: [0, 1]}.",

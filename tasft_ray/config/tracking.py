@@ -28,3 +28,10 @@ class TrackingConfig(Section):
     system_metrics_every: float = Field(
         10.0, gt=0, description="Seconds between system-metric samples."
     )
+    outage_wait: float = Field(
+        600.0,
+        ge=0,
+        description="How long a trial that has finished training waits for an unreachable "
+        "tracking server to take its held metric rows (they stay in its last checkpoint "
+        "after that).",
+    )

@@ -14,6 +14,7 @@ two things (``adapter_from_spec``).
 from __future__ import annotations
 
 from pathlib import Path
+
 import mlflow.pyfunc
 
 from tasft_ray.config import ModelConfig, SamplingConfig

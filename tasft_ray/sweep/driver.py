@@ -53,11 +53,12 @@ def run_sweep(cfg: Config, resume: str | None = None) -> SweepOutcome:
     if cfg.eval.in_sweep or cfg.eval.validation.every:
         check_judges(cfg.eval, alpaca=cfg.eval.in_sweep)
     uri = tracking.tracking_uri(cfg)
-    storage = location(cfg.sweep.storage, "sweep.storage")
+    storage = location(cfg.sweep.storage, "sweep.storage", cfg.sweep.storage_attempts)
     check_results_last(storage, uri)
     tracking.check_reachable(uri)
     storage.check_writable("sweep.storage")
-    sweep = location(resume, "--resume") if resume else storage.child(cfg.sweep.name)
+    sweep = (location(resume, "--resume", cfg.sweep.storage_attempts) if resume
+             else storage.child(cfg.sweep.name))  # fmt: skip
     if not resume and sweep.exists(SWEEP_CONFIG):
         raise ConfigError(
             f"sweep folder {sweep.uri} exists; pass --resume {sweep.uri} to finish it, or set "

@@ -12,6 +12,7 @@ ranks' folders into one checkpoint in its storage.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,8 @@ ADAPTER_DIR = "adapter"
 STATE_FILE = "trainer_state.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"  # peft writes both
+
+log = logging.getLogger(__name__)
 
 
 def rng_file(rank: int) -> str:
@@ -35,11 +38,16 @@ def checkpoint_step(directory: Path) -> int:
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (temp dirs start with a dot)."""
+    """Complete checkpoints under ``root``, oldest first (temp dirs start with a dot); one
+    without its state file (cut off while written by hand or a foreign tool) is skipped, said."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+    found = sorted(root.glob("step_*"))
+    for p in found:
+        if not (p / STATE_FILE).is_file():
+            log.warning("%s is incomplete (no %s): not a checkpoint to resume from", p, STATE_FILE)
+    return [p for p in found if (p / STATE_FILE).is_file()]
 
 
 def prune(root: Path, keep: int) -> None:

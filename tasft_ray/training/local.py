@@ -82,34 +82,37 @@ class TrainRun:
 
     FILE = "mlflow_run_id"
 
-    def __init__(self, uri: str, run_id: str, out: Path):
-        self.uri, self.run_id, self.out = uri, run_id, out
+    def __init__(self, uri: str, run_id: str, out: Path, wait: float):
+        self.uri, self.run_id, self.out, self.wait = uri, run_id, out, wait
         self.steps = tracking.StepLogger(uri, run_id)
 
     @classmethod
     def open(cls, uri: str, cfg: Config, out: Path) -> TrainRun:
         saved = out / cls.FILE
+        wait = cfg.tracking.outage_wait
         if saved.is_file():
             run_id = saved.read_text().strip()
             tracking.reopen(uri, run_id)
-            return cls(uri, run_id, out)
+            return cls(uri, run_id, out, wait)
         exp = tracking.ensure_experiment(uri, cfg.tracking.experiment)
         tags = {tracking.RUN_KIND_TAG: "train", **tracking.setting_tags(cfg)}
         run = tracking.client(uri).create_run(exp, run_name=cfg.setting.label, tags=tags)
         tracking.log_params(uri, run.info.run_id, cfg)
         tracking.client(uri).log_text(run.info.run_id, cfg.to_yaml(), CONFIG_FILE)
         write_atomic(saved, run.info.run_id)
-        return cls(uri, run.info.run_id, out)
+        return cls(uri, run.info.run_id, out, wait)
 
     def log_inputs(self, mixture: Mixture) -> None:
         tracking.log_inputs(self.uri, self.run_id, mixture.inputs)
 
     def finish(self, status: str) -> None:
         self.steps.flush()
+        self.steps.drain(self.wait)
         tracking.finish_run(self.uri, self.run_id, status)
 
     def finish_with(self, result: TrainResult) -> None:
         self.steps.flush()
+        self.steps.drain(self.wait)
         c = tracking.client(self.uri)
         if result.checkpoint is not None:
             c.log_artifacts(self.run_id, str(Path(result.checkpoint) / ADAPTER_DIR), ADAPTER_DIR)
@@ -157,7 +160,9 @@ def _train(
         return _fit(trainer, cfg, out, resume, progress, None)
     # the run opens once the model and data are loaded: a mistake found there writes nothing
     run = TrainRun.open(uri, cfg, out)
-    if not resume:
+    if resume:
+        run.steps.restore(resume)  # what that checkpoint held unsent goes first
+    else:
         run.log_inputs(trainer.mixture)
     try:
         with tracking.system_metrics(uri, run.run_id, cfg.tracking):
@@ -196,6 +201,7 @@ def _fit(
         on_metrics(metrics)
         if run is not None:  # the steps a checkpoint holds: never re-run, logged once
             run.steps.flush()
+            run.steps.save(path)
         return path
 
     return trainer.fit(on_metrics=on_metrics, on_checkpoint=checkpoint, progress=progress)

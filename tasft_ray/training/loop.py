@@ -360,8 +360,10 @@ class TASFTTrainer:
         on_metrics: MetricsFn | None = None,
         on_checkpoint: Callable[[dict], Path | None] | None = None,
         progress: bool = True,
+        checkpoint_now: Callable[[], bool] | None = None,
     ) -> TrainResult:
-        """Train to total_steps; ``on_checkpoint(metrics)`` persists one when due."""
+        """Train to total_steps; ``on_checkpoint(metrics)`` persists one when due, or after any
+        step at which ``checkpoint_now()`` (asked on every rank after every step) says so."""
         from tqdm.auto import tqdm
 
         t = self.cfg.train
@@ -382,6 +384,8 @@ class TASFTTrainer:
             if self.cfg.testing.fail_at_step == self.step and self.rank == 0:
                 _fail_once(Path(t.output_dir) / ".fault_injected", self.step)
             due = t.checkpoint_every and self.step % t.checkpoint_every == 0
+            if checkpoint_now is not None and checkpoint_now():
+                due = True  # e.g. a node about to be reclaimed: keep the work done so far
             if due or self.step == self.total_steps:
                 last = on_checkpoint(metrics)
             elif on_metrics and self.step % t.log_every == 0:

@@ -48,18 +48,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
     mlflow = loop_config.get("mlflow")
-    validation = make_validation(loop_config, trainer, rank, world, mlflow)
+    # rank 0's metrics go out through an outbox: a tracking outage never stops training
+    steps = StepLogger(mlflow["uri"], mlflow["run_id"]) if rank == 0 and mlflow else None
     checkpoint = ray.train.get_checkpoint()  # [2] resume after a failure or a restore
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as directory:
+        if steps and directory:  # the rows its checkpoint held unsent go first
+            steps.restore(Path(directory))
+        validation = make_validation(loop_config, trainer, rank, world, mlflow,
+                                     steps.outbox if steps else None)  # fmt: skip
+        if directory:
             trainer.load_checkpoint(Path(directory))
             validation.resume(Path(directory))
-        log.info("rank %d resumed at step %d", rank, trainer.step)
+            log.info("rank %d resumed at step %d", rank, trainer.step)
 
     nodes = _node_ids(world)
-    steps = None
-    if rank == 0 and mlflow:
-        steps = StepLogger(mlflow["uri"], mlflow["run_id"])
+    if steps:
         tracking.client(mlflow["uri"]).set_tag(mlflow["run_id"], NODES_TAG, ",".join(nodes))
 
     first = validation.start()  # where the curves start: the untrained adapter
@@ -85,17 +88,43 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if steps:
                 steps.add(_logged(reported) if validation.logs_reports else metrics)
                 steps.flush()
+                steps.save(Path(local))  # what is still unsent survives this worker
             # [4] persist the checkpoint with this step's metrics
             ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(local))
 
     watched = tracking.system_metrics(mlflow["uri"], mlflow["run_id"], cfg.tracking) \
         if rank == 0 and mlflow else contextlib.nullcontext()  # the node that trains
+    preempted = PreemptionCheck() if cfg.engine.preemption_checkpoint else None
     with watched:
         result = trainer.fit(on_metrics=on_metrics, on_checkpoint=on_checkpoint,
-                             progress=rank == 0)  # fmt: skip
+                             progress=rank == 0, checkpoint_now=preempted)  # fmt: skip
     last = {"step": trainer.step, **result.metrics}
     for metrics in validation.finish(last):  # the validations still in flight
         ray.train.report(metrics)
+    if steps:  # the trial ends once its metrics are in MLflow (or the wait is given up)
+        steps.drain(cfg.tracking.outage_wait)
+
+
+class PreemptionCheck:
+    """Whether a node of this worker group is being drained with notice (a spot reclaim): Ray
+    Train tells every rank alike (``get_preemption_info`` is a collective), and the first step
+    after the notice takes a checkpoint, once per notice, so the group Ray restarts on the
+    nodes left loses no step. Without notice the last scheduled checkpoint is where it resumes."""
+
+    def __init__(self):
+        self.seen: set[tuple] = set()
+
+    def __call__(self) -> bool:
+        info = ray.train.get_preemption_info()  # [5] every rank, every step
+        if info is None:
+            return False
+        key = (info.deadline_ms, tuple(info.preempted_node_ids))
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        log.warning("node(s) %s to be reclaimed (deadline %s ms): checkpointing now",
+                    ", ".join(info.preempted_node_ids), info.deadline_ms)  # fmt: skip
+        return True
 
 
 def _logged(metrics: dict) -> dict:
@@ -152,7 +181,8 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            failure_config=FailureConfig(max_failures=e.max_failures),
+            failure_config=FailureConfig(max_failures=e.max_failures,
+                                         max_preemption_failures=e.max_preemptions),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=callbacks or [],
             **storage.ray_storage(),

@@ -40,14 +40,16 @@ MARKER = "val/seconds"  # logged by every validation: which steps MLflow has
 BLOCKED = "val/blocked_seconds"  # how long rank 0 has waited on the stage (backpressure)
 
 
-def make_validation(loop_config: dict, trainer, rank: int, world: int, mlflow: dict | None):
+def make_validation(loop_config: dict, trainer, rank: int, world: int, mlflow: dict | None,
+                    outbox=None):  # fmt: skip
     """The worker's validation: none, inline or through the stage (the ``validator`` the
-    trial put in the loop config says which)."""
+    trial put in the loop config says which). ``outbox``: rank 0's (``tasft_ray.outbox``),
+    through which staged results reach MLflow behind the training steps."""
     validator = loop_config.get("validator")
     if validator is None or not trainer.cfg.eval.validation.every:
         return NoValidation()
     if getattr(validator, "asynchronous", False):
-        return StagedValidation(loop_config, trainer, rank, world, mlflow)
+        return StagedValidation(loop_config, trainer, rank, world, mlflow, outbox)
     return InlineValidation(loop_config, trainer, rank, world)
 
 
@@ -122,26 +124,38 @@ class StagedValidation(_Scheduled):
     every_step = True
     logs_reports = False
 
-    def __init__(self, loop_config: dict, trainer, rank: int, world: int, mlflow: dict | None):
+    def __init__(self, loop_config: dict, trainer, rank: int, world: int, mlflow: dict | None,
+                 outbox=None):  # fmt: skip
         super().__init__(loop_config, trainer, rank, world)
         s = trainer.cfg.eval.stage
         self.max_pending = s.max_pending
-        self.mlflow = mlflow
+        self.mlflow, self.outbox = mlflow, outbox
         self.pending: deque[tuple[int, dict[str, bytes], Any]] = deque()  # (step, files, ref)
         self.ready: deque[dict] = deque()  # delivered to MLflow, not yet to Tune
         self.blocked = 0.0  # seconds rank 0 waited on the stage
         self.logged: set[int] = set()  # the steps MLflow has
         self.resumed = False
         if rank == 0 and mlflow:
+            if outbox is None:  # rank 0 normally shares its step logger's
+                from tasft_ray.outbox import MetricOutbox
+
+                self.outbox = outbox = MetricOutbox(mlflow["uri"], mlflow["run_id"])
             c = tracking.client(mlflow["uri"])
             history = {m.step for m in c.get_metric_history(mlflow["run_id"], MARKER)}
-            self.logged = history
-            if history:  # restored: carry what MLflow has for its latest step (the run's
-                # latest val/* and objective are that step's: only validations log them)
-                run = c.get_run(mlflow["run_id"]).data.metrics
-                self.latest = {k: v for k, v in run.items()
+            # and those a restored checkpoint holds unsent, queued ahead of everything
+            unsent = outbox.unsent() if outbox else []
+            queued = {m.step for m in unsent if m.key == MARKER}
+            self.logged = history | queued
+            if self.logged:  # restored: carry the latest validation (only validations log
+                # val/* and the objective, so the run's latest ones are its step's)
+                newest = max(self.logged)
+                if newest in queued:
+                    got = {m.key: m.value for m in unsent if m.step == newest}
+                else:
+                    got = c.get_run(mlflow["run_id"]).data.metrics
+                self.latest = {k: v for k, v in got.items()
                                if k.startswith("val/") or k == TUNE_METRIC}  # fmt: skip
-                self.latest[VAL_STEP] = max(history)
+                self.latest[VAL_STEP] = newest
 
     # ------------------------------------------------------------ rank 0's bookkeeping
 
@@ -177,7 +191,7 @@ class StagedValidation(_Scheduled):
             values = {**result, BLOCKED: self.blocked}  # rank 0's wait on the stage so far
             batch = [Metric(k, float(v), now, step) for k, v in values.items()
                      if k != VAL_STEP and isinstance(v, (int, float))]  # fmt: skip
-            tracking.client(self.mlflow["uri"]).log_batch(self.mlflow["run_id"], metrics=batch)
+            self.outbox.put(batch)
             self.logged.add(step)
 
     def _carry(self, metrics: dict, wait: bool) -> dict:
