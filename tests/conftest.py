@@ -470,8 +470,24 @@ class FaultyS3:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def _body(self) -> bytes:
+                """The request body as sent: a chunked one (the AWS SDK streams uploads as
+                aws-chunked with trailers) with its framing, to be passed on unchanged."""
+                if "chunked" not in (self.headers.get("Transfer-Encoding") or "").lower():
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                raw = b""
+                while True:
+                    line = self.rfile.readline()
+                    raw += line
+                    if int(line.split(b";")[0].strip() or b"0", 16) == 0:
+                        while line not in (b"\r\n", b"\n", b""):  # the trailers, then a blank
+                            line = self.rfile.readline()
+                            raw += line
+                        return raw
+                    raw += self.rfile.read(int(line.split(b";")[0].strip(), 16) + 2)
+
             def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self._body()
                 if proxy.refuse(self.command, self.path):
                     payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>"
                                b"ServiceUnavailable</Code><Message>injected</Message></Error>")
@@ -483,15 +499,22 @@ class FaultyS3:
                     return
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
                                                   timeout=60)  # fmt: skip
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                conn.request(self.command, self.path, body=body, headers=headers)
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for k, v in self.headers.items():  # as signed; the body is here already
+                    if k.lower() not in ("connection", "expect"):
+                        conn.putheader(k, v)
+                conn.endheaders()
+                conn.send(body)
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                for k, v in resp.getheaders():  # a HEAD's Content-Length is the object's size
+                    if k.lower() not in ("transfer-encoding", "connection") and not (
+                        k.lower() == "content-length" and self.command != "HEAD"
+                    ):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
@@ -514,7 +537,7 @@ class FaultyS3:
             self.rule, self.folders, self.passed, self.failed = (nth, after, failures), [], {}, 0
 
     def refuse(self, method: str, path: str) -> bool:
-        match = re.search(r"/(checkpoint_[^/?]+)", path)
+        match = re.search(r"/(checkpoint_\d{4}-\d\d-\d\d_[^/?]+)/", path)  # Ray Train's folders
         if self.rule is None or method not in ("PUT", "POST") or not match:
             return False
         with self.lock:

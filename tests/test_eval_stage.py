@@ -30,8 +30,8 @@ from tasft_ray.files import folder_bytes
 from tasft_ray.inference.generator import load_generator_model
 from tasft_ray.models import attach_lora, load_model
 from tasft_ray.objective import TUNE_METRIC, VAL_STEP
-from tasft_ray.training.checkpoints import ADAPTER_DIR
 from tasft_ray.outbox import MetricOutbox
+from tasft_ray.training.checkpoints import ADAPTER_DIR
 from tasft_ray.training.validation import PENDING_DIR, make_validation
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from conftest import SERVER_ENV, BIN, free_ports, start_group, stop_group, wait_http
+from conftest import BIN, SERVER_ENV, free_ports, start_group, stop_group, wait_http
 
 from tasft_ray import tracking
 from tasft_ray.outbox import OUTBOX_FILE, MetricOutbox
