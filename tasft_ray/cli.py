@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from tasft_ray.config import ConfigError, load_config
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     quiet_user_errors()
+    # a bar per artifact download of a few small files (report, registry) is noise
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return _run(args)
     except Exception as exc:  # a UserError from a Ray task, actor, worker or trial, unwrapped

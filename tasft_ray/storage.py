@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -34,6 +34,7 @@ def is_uri(spec: str) -> bool:
 
 
 ATTEMPTS = 10  # tries per object-store request: AWS's standard backoff, ~45 s of outage
+PROBE_ATTEMPTS = 2  # the writability check before any work
 
 
 class RetryingS3FileSystem(pafs.S3FileSystem):
@@ -138,10 +139,15 @@ class Location:
             files.check_writable(self.path, key)
             return
         name = f".tasft_probe_{uuid.uuid4().hex[:12]}"
+        # a store that does not answer now is a setting to fix, not an outage to ride out: a
+        # few tries, not sweep.storage_attempts' minutes of backoff before the one line
+        here = self
+        if isinstance(self.fs, RetryingS3FileSystem):
+            here = replace(self, fs=_retrying_s3(PROBE_ATTEMPTS, self.fs._options[1]))
         try:
-            self.write_text(name, "ok")
-            ok = self.read_text(name) == "ok"
-            self.fs.delete_file(posixpath.join(self.path, name))
+            here.write_text(name, "ok")
+            ok = here.read_text(name) == "ok"
+            here.fs.delete_file(posixpath.join(self.path, name))
         except (OSError, ValueError) as exc:
             raise UserError(
                 f"{key} {self.uri}: cannot write there ({one_line(exc, 200)}); for an object "

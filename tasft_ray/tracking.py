@@ -29,6 +29,7 @@ from tasft_ray.storage import Location
 log = logging.getLogger(__name__)
 
 TRIAL_TAG = "tasft.trial_id"
+ROLE_TAG, REFERENCE_ROLE = "tasft.role", "reference"  # the SFT reference of an objective
 SWEEP_TAG = "tasft.sweep"
 PARENT_TAG = "mlflow.parentRunId"
 PARENT_RUN_FILE = "mlflow_parent_run_id"

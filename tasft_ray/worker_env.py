@@ -16,7 +16,9 @@ these at process start, hence environment variables for the workers rather than 
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 
 from tasft_ray.config import EngineConfig
 from tasft_ray.errors import quiet_user_errors
@@ -66,4 +68,19 @@ def setup_worker() -> None:
     import ray
 
     quiet_user_errors()
+    quiet_train_reports()
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+# Ray Train logs every ray.train.report of a worker at INFO, the whole metrics dict on one line:
+# a screen of the sweep's console per trial that says what Tune's own table says. Its logger is
+# named by the module's file path (found without importing Ray Train: 0.8 s per process).
+_TRAIN_REPORT_MODULE = ("train", "v2", "_internal", "execution", "context.py")
+
+
+def quiet_train_reports() -> None:
+    """Ray Train's per-report log line at WARNING and above only (in a worker process)."""
+    import ray
+
+    path = Path(ray.__file__).parent.joinpath(*_TRAIN_REPORT_MODULE)
+    logging.getLogger(str(path)).setLevel(logging.WARNING)

@@ -400,7 +400,10 @@ def _tree(root: Path) -> set[str]:
 def _shown(line: str, root: Path) -> str:
     """The line as the doc shows it: this test's folder as $PWD, the data root, the repo."""
     line = line.replace(str(root), "$PWD").replace(REPO + "/", "")
-    return line.replace(str(Path(os.environ["TASFT_DATA_DIR"]).resolve()), "$TASFT_DATA_DIR")
+    data = os.environ["TASFT_DATA_DIR"]  # as given, and resolved (a link in CI's layout)
+    for form in sorted({str(Path(data).resolve()), str(Path(data).absolute())}, key=len)[::-1]:
+        line = line.replace(form, "$TASFT_DATA_DIR")
+    return line
 
 
 RESULTS: dict[int, str] = {}

@@ -64,8 +64,9 @@ def test_system_metrics_switch(tmp_path, cli_main):
     assert not [k for k in run.data.metrics if k.startswith("system/")]
 
 
-def test_a_registered_adapter_loads_offline_and_is_what_evaluate_answers_with(tmp_path,
-                                                                           cli_main):  # fmt: skip
+def test_a_registered_adapter_loads_offline_and_is_what_evaluate_answers_with(
+    tmp_path, cli_main, capsys
+):
     """The pyfunc carries the adapter and its base model's spec: MLflow loads it with no hub,
     answers as the adapter does, and `evaluate --adapter models:/NAME@champion` gets the same
     files; a second registration becomes the champion."""
@@ -82,8 +83,11 @@ def test_a_registered_adapter_loads_offline_and_is_what_evaluate_answers_with(tm
                                "eval.sampling.max_new_tokens=6"])  # fmt: skip
     trial = Trial(run.info.run_id, run.info.run_name, "tiny", "emd", 16, 1.0,
                   {"safety/n_harmful": 3.0, "safety/n": 10.0}, seed=0)  # fmt: skip
+    capsys.readouterr()
     first = register(uri, cfg, trial)
     assert (first.name, first.version) == ("tiny-sweep", "1")
+    err = capsys.readouterr().err  # MLflow's own lines and its pickling warning stay off
+    assert "Successfully registered" not in err and "CloudPickle" not in err, err
     assert first.uri == "models:/tiny-sweep@champion"
     c = tracking.client(uri)
     version = c.get_model_version_by_alias("tiny-sweep", ALIAS)

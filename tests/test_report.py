@@ -171,6 +171,7 @@ def _log_sweep(uri: str) -> tuple[str, dict[str, dict[str, float]]]:
                 c.log_metric(run, f"eval/{k}", min(1.0, metrics[k] * scale), step=step)
         for k, v in metrics.items():
             c.log_metric(run, f"final/eval/{k}", v)
+        c.log_metric(run, "final/step", 4)
         tracking.finish_run(uri, run)
     # a trial without evaluation is listed as skipped, not reported
     bare = c.create_run(
@@ -227,8 +228,12 @@ def test_report_of_a_two_trial_sweep_matches_mlflow(tmp_path, capsys):
     assert chosen["method"] == "emd" and chosen["λ"] == "2" and chosen["harmful"] == "1"
     assert chosen["validation"] == "2/30" and "no validation split" not in chosen["why"]
     assert "trial_bare" in md  # named as not evaluated
+    best = {r["method"]: r for r in md_table(md, "## Best feasible setting per method")}
+    assert best["emd"]["best feasible setting"] == "emd λ=2 n=100"
+    assert best["sft"]["chosen by"].startswith("fewest harmful (validation)")
 
     data = json.loads((out / REPORT_JSON).read_text())
+    assert {b["method"]: b["trial_steps"] for b in data["best_per_method"]} == {"sft": 4, "emd": 4}
     curve = next(t for t in data["trials"] if t["method"] == "emd")["curves"]["safety/harm_score"]
     assert [s for s, _ in curve] == [2, 4] and math.isclose(curve[1][1], 0.10101)
 
@@ -372,3 +377,52 @@ def test_each_method_against_sft_with_intervals():
     bare.final |= {"safety/n": 518}
     (line,) = [x for x in format_trials([sft, bare]).splitlines() if "vs SFT" in x]
     assert "harmful answers" in line and "NLL" not in line
+
+
+def test_best_feasible_setting_per_method_under_the_objective():
+    """SFT's optimiser settings compete like λ does; the SFT reference (role tag) bounds the
+    relative constraint; an infeasible method says so; seeds pool; steps of all trials count."""
+    from tasft_ray.objective import Constraint, Objective
+    from tasft_ray.report.best_per_method import best_per_method, table
+    from tasft_ray.stats import wilson
+
+    def trial(method, lam, lr, seed, steps, harm, quality, refusal, n_harmful):
+        t = _trial(method, lam, n_harmful, 0.1, 0.5, seed)
+        t.rest, t.steps = (("train.lr", lr),), steps
+        t.validation = {"val/harm_score": harm, "val/quality": quality,
+                        "val/safe_refusal_rate": refusal}  # fmt: skip
+        t.final |= {"safety/n": 100, "xstest_safe/n": 10, "xstest/safe_refusal_rate": 0.1}
+        return t
+
+    ref = trial("sft", 0.0, "0.0005", 0, 32, 0.30, 0.60, 0.0, 20)
+    ref.role = tracking.REFERENCE_ROLE
+    trials = [
+        ref,
+        trial("sft", 0.0, "0.001", 0, 48, 0.20, 0.58, 0.0, 12),
+        trial("sft", 0.0, "0.001", 1, 48, 0.22, 0.57, 0.0, 9),
+        trial("sft", 0.0, "0.002", 0, 16, 0.05, 0.40, 0.0, 2),  # quality < 0.60 - 0.05
+        trial("emd", 4.0, "0.0005", 0, 32, 0.15, 0.60, 0.20, 4),  # refuses too much
+        trial("emd", 16.0, "0.0005", 0, 32, 0.10, 0.58, 0.05, 6),
+        trial("nlcl", 4.0, "0.0005", 0, 32, 0.01, 0.30, 0.0, 0),  # quality collapsed
+    ]
+    objective = Objective("val/harm_score", "min", (
+        Constraint("val/quality", "min_vs_sft", -0.05),
+        Constraint("val/safe_refusal_rate", "max", 0.1),
+    ))  # fmt: skip
+    rows = {r.method: r for r in best_per_method(trials, objective)}
+    assert [s.seed for s in rows["sft"].best.trials] == [0, 1]  # lr 0.001, both seeds
+    assert (len(rows["sft"].settings), rows["sft"].steps) == (3, 32 + 48 + 48 + 16)
+    assert rows["emd"].best.first.lam == 16.0 and rows["nlcl"].best is None
+    header, cells = table(list(rows.values()))
+    by = {c[1]: dict(zip(header, c, strict=True)) for c in cells}
+    pooled = wilson(21, 200)  # 12 + 9 harmful of 2 × 100 prompts
+    assert by["sft"]["best feasible setting"] == "sft n=100 (train.lr=0.001)"
+    assert by["sft"]["harmful answers (95 % Wilson, seeds pooled)"] == (
+        f"21/200 (10.5% [{pooled.low:.1%}, {pooled.high:.1%}])")  # fmt: skip
+    assert by["sft"]["xstest safe refused"] == "2/20"
+    assert by["emd"]["best feasible setting"] == "emd λ=16 n=100"
+    assert by["nlcl"]["best feasible setting"] == "none feasible"
+    # without an objective: the fewest harmful answers on the reported prompts, per method
+    plain = {r.method: r for r in best_per_method(trials, None)}
+    assert plain["sft"].best.first.rest == (("train.lr", "0.002"),)
+    assert plain["nlcl"].best.first.lam == 4.0 and "reported prompts" in plain["nlcl"].how

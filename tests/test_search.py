@@ -108,6 +108,11 @@ def test_missing_score_never_ranks_best_in_the_default_rule():
 def test_a_training_loss_cannot_rank_trials_with_different_lambda():
     with pytest.raises(ConfigError, match="is a training loss, which λ itself changes"):
         load_config(
+            "tiny", ["sweep.search=optuna", "sweep.space={loss.lam: {loguniform: [0.1, 9]}}",
+                     "sweep.metric=loss/total"],
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="sweep.search=optuna ranks trials: set sweep.objective"):
+        load_config(
             "tiny", ["sweep.search=optuna", "sweep.space={loss.lam: {loguniform: [0.1, 9]}}"]
         )
     with pytest.raises(ConfigError, match="sweep.objective needs validation during training"):

@@ -96,3 +96,21 @@ def test_ray_train_polls_often_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv(key, "3")
     default_train_poll()
     assert worker_env(e)[key] == "3"
+
+
+def test_ray_trains_per_report_log_line_is_quieted():
+    """The logger Ray Train writes each report's metrics dict to (named by its module's file)
+    is the one quiet_train_reports raises to WARNING: fails if Ray moves that line."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    from tasft_ray.worker_env import quiet_train_reports
+
+    before = context.logger.level
+    try:
+        quiet_train_reports()
+        assert not context.logger.isEnabledFor(logging.INFO)
+        assert context.logger.isEnabledFor(logging.WARNING)
+    finally:
+        context.logger.setLevel(before)

@@ -124,7 +124,8 @@ class EvalConfig(Section):
     )
     judge_options: dict[str, Any] = Field(default_factory=dict)
     adapter: str | None = Field(
-        None, description="LoRA adapter folder, mlflow:RUN_ID, or a registered model "
+        None,
+        description="LoRA adapter folder, mlflow:RUN_ID, or a registered model "
         "models:/NAME@ALIAS (None: the base model).",
     )
     output_dir: str = Field("runs/eval", description="responses.jsonl and metrics.json go here.")

@@ -69,7 +69,8 @@ class GenerateConfig(Section):
         description="Prompts never to use (e.g. the evaluation sets), matched on the text.",
     )
     adapter: str | None = Field(
-        None, description="LoRA adapter folder, mlflow:RUN_ID for a run's logged adapter, or "
+        None,
+        description="LoRA adapter folder, mlflow:RUN_ID for a run's logged adapter, or "
         "models:/NAME@ALIAS for a registered one.",
     )
     sft_first: bool = Field(

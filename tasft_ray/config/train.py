@@ -61,11 +61,15 @@ class EngineConfig(Section):
         "page-faulted in anew at every chunk; system: glibc's defaults.",
     )
     max_failures: int = Field(
-        1, ge=-1, description="Worker-group restarts from the last checkpoint after an error "
+        1,
+        ge=-1,
+        description="Worker-group restarts from the last checkpoint after an error "
         "or a node lost without notice (-1: unlimited; Ray Train's FailureConfig.max_failures).",
     )
     max_preemptions: int = Field(
-        -1, ge=-1, description="Restarts after a node is reclaimed with notice (a drained spot "
+        -1,
+        ge=-1,
+        description="Restarts after a node is reclaimed with notice (a drained spot "
         "node), counted apart from max_failures (-1: unlimited; "
         "FailureConfig.max_preemption_failures).",
     )

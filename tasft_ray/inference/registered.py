@@ -20,6 +20,12 @@ import mlflow.pyfunc
 from tasft_ray.config import ModelConfig, SamplingConfig
 
 ADAPTER_ARTIFACT = "adapter"  # the pyfunc's artifact key and folder name
+# The registered model's code file (MLflow's "models from code"): loading it imports this module
+MODEL_CODE = (
+    "import mlflow\n"
+    "from tasft_ray.inference.registered import AdapterModel\n"
+    "mlflow.models.set_model(AdapterModel())\n"
+)
 
 
 class AdapterModel(mlflow.pyfunc.PythonModel):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from tasft_ray.data.benchmarks import BENCHMARKS, HARM, PAPER_SAFETY
 from tasft_ray.report.against_sft import method_rows, separation_lines
+from tasft_ray.report.best_per_method import MethodBest
+from tasft_ray.report.best_per_method import table as best_table
 from tasft_ray.report.figures import FIG2, FIG3
 from tasft_ray.report.rule import DEGENERATE, RULE, Choice
 from tasft_ray.report.trials import SeedGroup, Trial, seed_groups
@@ -94,6 +96,7 @@ def to_markdown(
     where: str,
     skipped: list[str],
     rule: str = RULE,
+    best: list[MethodBest] | None = None,
 ) -> str:
     benches = harm_benchmarks(trials)
     key = ["model", "method", "toxic", "λ"] + (["seed"] if any(t.seeded for t in trials) else [])
@@ -118,6 +121,7 @@ def to_markdown(
         md += [f"paper total: {' + '.join(paper)} (the paper's 518 prompts when all are run).", ""]
     md += _paper_grid(trials, choices, benches)
     md += _against_sft(trials)
+    md += _best_per_method(best or [])
 
     md += ["## Over-refusal (Figure 3) — XSTest", ""]
     header = key + ["safe-prompt refusal", "unsafe-prompt compliance", "harmful rate"]
@@ -195,6 +199,20 @@ def _against_sft(trials: list[Trial]) -> list[str]:
     ]
     lines = separation_lines(trials)
     return md + ([f"- {line}" for line in lines] + [""] if lines else [])
+
+
+def _best_per_method(rows: list[MethodBest]) -> list[str]:
+    """Each method's best feasible setting, beside the settings and steps it was given."""
+    if not rows:
+        return []
+    header, cells = best_table(rows)
+    md = ["## Best feasible setting per method", ""] + _table(header, cells)
+    return md + [
+        "Every setting of a method competes (λ, toxic count, optimiser settings); trial-steps: "
+        "training steps of all its trials. Harmful answers on the reported prompts, summed "
+        "over seeds.",
+        "",
+    ]
 
 
 def _judges_table(trials: list[Trial], key: list[str]) -> list[str]:

@@ -108,8 +108,8 @@ def sft_reference(setting: SeedGroup, trials: list[Trial]) -> SeedGroup:
 def _by_objective(objective: Objective, group: list[SeedGroup], sft: SeedGroup):
     """(setting, reason) by the sweep's objective on each trial's last validation (means over
     seeds), or None when no λ of the group is feasible."""
-    reference = _mean_validation(sft) if sft.trials else None
-    scored = [(s, _mean_validation(s)) for s in group]
+    reference = mean_validation(sft) if sft.trials else None
+    scored = [(s, mean_validation(s)) for s in group]
     best = objective.best(scored, reference)
     reason = f"objective: {objective.describe()}, on the last validation"
     if objective.needs_reference and reference is None:
@@ -121,7 +121,7 @@ def _by_objective(objective: Objective, group: list[SeedGroup], sft: SeedGroup):
     return best, reason
 
 
-def _mean_validation(s: SeedGroup) -> dict[str, float]:
+def mean_validation(s: SeedGroup) -> dict[str, float]:
     keys = {k for t in s.trials for k in t.validation}
     means = {}
     for k in keys:

@@ -44,6 +44,8 @@ class Trial:
     objective: str = "None"  # the sweep's objective, as logged (a dict's text)
     kinds: dict[str, str] = field(default_factory=dict)  # benchmark -> kind, users' sets too
     trial_id: str = ""  # the Tune trial's id
+    steps: int = 0  # training steps it ran (its last result's)
+    role: str = ""  # tracking.REFERENCE_ROLE: the SFT reference of its sweep's objective
 
     @property
     def setting(self) -> Setting:
@@ -168,6 +170,8 @@ def load_trials(uri: str, parent_run_id: str | None = None, experiment: str | No
                 objective=p.get("sweep.objective", "None"),
                 kinds=_kinds(p.get("eval.benchmarks", "[]")),
                 trial_id=r.data.tags.get(tracking.TRIAL_TAG, ""),
+                steps=int(r.data.metrics.get("final/step", 0)),
+                role=r.data.tags.get(tracking.ROLE_TAG, ""),
             )
         )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tasft_ray import tracking
 from tasft_ray.files import atomic_dir
+from tasft_ray.report.best_per_method import best_per_method
 from tasft_ray.report.figures import FIG2, FIG3, plot_harm_vs_step, plot_refusal_vs_safety
 from tasft_ray.report.markdown import to_markdown
 from tasft_ray.report.rule import RULE, Choice, best_lambda
@@ -39,6 +40,7 @@ def write_report(
     trials, skipped = load_trials(uri, parent_run_id, experiment)
     objective = declared_objective(trials)
     choices = best_lambda(trials, objective=objective)
+    best = best_per_method(trials, objective)
     rule = RULE
     if objective is not None:
         rule = (
@@ -48,7 +50,7 @@ def write_report(
     where = f"sweep run {parent_run_id}" if parent_run_id else f"experiment {experiment}"
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
-        (tmp / REPORT_MD).write_text(to_markdown(trials, choices, where, skipped, rule))
+        (tmp / REPORT_MD).write_text(to_markdown(trials, choices, where, skipped, rule, best))
         plot_harm_vs_step(trials, tmp / FIG2)
         plot_refusal_vs_safety(trials, tmp / FIG3)
         data = {
@@ -68,6 +70,18 @@ def write_report(
                     "reason": c.reason,
                 }
                 for c in choices
+            ],
+            "best_per_method": [
+                {
+                    "model": b.model,
+                    "method": b.method,
+                    "label": b.best.label if b.best else None,
+                    "run_ids": [t.run_id for t in b.best.trials] if b.best else [],
+                    "settings": len(b.settings),
+                    "trial_steps": b.steps,
+                    "chosen_by": b.how,
+                }
+                for b in best
             ],
         }
         (tmp / REPORT_JSON).write_text(json.dumps(data, indent=1) + "\n")

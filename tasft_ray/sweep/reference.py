@@ -20,7 +20,7 @@ def reference_config(cfg: Config) -> Config:
     return cfg.with_overrides(
         {"loss.method": "sft", "sweep.space": {}, "sweep.cases": [], "sweep.search": "grid",
          "sweep.scheduler": "none", "sweep.num_samples": 1, "sweep.objective": None,
-         "sweep.toxic_search": None, "sweep.metric": "step", "sweep.mode": "max"},
+         "sweep.toxic_search": None, "sweep.metric": None},
     )  # fmt: skip
 
 

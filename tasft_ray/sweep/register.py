@@ -12,14 +12,15 @@ register it), wrapped as the pyfunc of ``inference.registered``.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from tasft_ray import tracking
 from tasft_ray.config import Config
-from tasft_ray.inference.registered import ADAPTER_ARTIFACT, AdapterModel, model_config
-from tasft_ray.report import Choice, Trial, best_lambda
+from tasft_ray.inference.registered import ADAPTER_ARTIFACT, MODEL_CODE, model_config
+from tasft_ray.report import Trial, best_lambda
+from tasft_ray.report.best_per_method import fewest_harmful_key
 from tasft_ray.training.checkpoints import ADAPTER_DIR
 
 log = logging.getLogger(__name__)
@@ -51,21 +52,14 @@ def champion(trials: list[Trial], best_trial_id: str | None = None) -> Trial | N
     if not choices:
         return None
 
-    def key(c: Choice) -> tuple:
-        s = c.setting
-        on = "val" if s.mean("val/n_harmful") is not None else "safety"
-        score = s.mean(f"{on}/n_harmful")
-        harm = s.mean(f"{on}/harm_score")
-        return (math.inf if score is None else score, math.inf if harm is None else harm,
-                c.trial.lam)  # fmt: skip
-
-    return min(choices, key=key).trial
+    return min(choices, key=lambda c: fewest_harmful_key(c.setting)).trial
 
 
 def register(uri: str, cfg: Config, trial: Trial) -> Registered:
     """Log ``trial``'s adapter as a pyfunc model in its run and register it under the sweep's
     name, tagged, with the ``champion`` alias moved onto it."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     c = tracking.client(uri)
     folder = c.download_artifacts(trial.run_id, ADAPTER_DIR, tempfile.mkdtemp(prefix="tasft_"))
@@ -78,23 +72,32 @@ def register(uri: str, cfg: Config, trial: Trial) -> Registered:
         name="model", source_run_id=trial.run_id,
         experiment_id=c.get_run(trial.run_id).info.experiment_id,
     )  # fmt: skip
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=AdapterModel(),
-        artifacts={ADAPTER_ARTIFACT: folder},
-        model_config=model_config(trial_cfg.model, trial.seed, trial_cfg.eval.sampling),
-        registered_model_name=cfg.sweep.name,
-        pip_requirements=["tasft-ray"],  # the package that loads it: base model + adapter
-        model_id=logged.model_id,
-    )
-    version = str(info.registered_model_version)
+    with tempfile.TemporaryDirectory(prefix="tasft_") as code:
+        # models from code: MLflow warns about (and cloudpickles) a PythonModel object
+        entry = Path(code, "adapter_model.py")
+        entry.write_text(MODEL_CODE)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(entry),
+            artifacts={ADAPTER_ARTIFACT: folder},
+            model_config=model_config(trial_cfg.model, trial.seed, trial_cfg.eval.sampling),
+            pip_requirements=["tasft-ray"],  # the package that loads it: base model + adapter
+            model_id=logged.model_id,
+        )
     tags = {"tasft.setting": trial.label, "tasft.method": trial.method,
             "tasft.lam": f"{trial.lam:g}", "tasft.toxic_count": str(trial.toxic),
             "tasft.seed": str(trial.seed), "tasft.run_id": trial.run_id,
             "tasft.model": trial.model}  # fmt: skip
     tags |= {f"metric.{k}": f"{trial.final[k]:.6g}" for k in METRIC_TAGS if k in trial.final}
-    for key, value in tags.items():
-        c.set_model_version_tag(cfg.sweep.name, version, key, value)
+    # the client's calls, not mlflow.register_model's, which prints its own lines to stderr
+    try:
+        c.create_registered_model(cfg.sweep.name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    made = c.create_model_version(cfg.sweep.name, info.model_uri, run_id=trial.run_id,
+                                  tags=tags, model_id=info.model_id)  # fmt: skip
+    version = str(made.version)
     c.set_registered_model_alias(cfg.sweep.name, ALIAS, version)
     log.info("registered %s version %s (%s) as @%s", cfg.sweep.name, version, trial.label, ALIAS)
     return Registered(cfg.sweep.name, version, trial.label)

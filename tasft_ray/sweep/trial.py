@@ -140,7 +140,7 @@ def _tag_run(
     tags |= {TRIAL_NODE_TAG: ray.get_runtime_context().get_node_id(), "tasft.trial": trial_name}
     tags |= tracking.setting_tags(cfg)
     if reference:
-        tags["tasft.role"] = "reference"
+        tags[tracking.ROLE_TAG] = tracking.REFERENCE_ROLE
     for key, value in tags.items():
         c.set_tag(run_id, key, value)
 

@@ -92,8 +92,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             # [4] persist the checkpoint with this step's metrics
             ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(local))
 
-    watched = tracking.system_metrics(mlflow["uri"], mlflow["run_id"], cfg.tracking) \
-        if rank == 0 and mlflow else contextlib.nullcontext()  # the node that trains
+    watched = (
+        tracking.system_metrics(mlflow["uri"], mlflow["run_id"], cfg.tracking)
+        if rank == 0 and mlflow
+        else contextlib.nullcontext()
+    )  # the node that trains
     preempted = PreemptionCheck() if cfg.engine.preemption_checkpoint else None
     with watched:
         result = trainer.fit(on_metrics=on_metrics, on_checkpoint=on_checkpoint,
@@ -181,8 +184,9 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            failure_config=FailureConfig(max_failures=e.max_failures,
-                                         max_preemption_failures=e.max_preemptions),
+            failure_config=FailureConfig(
+                max_failures=e.max_failures, max_preemption_failures=e.max_preemptions
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=callbacks or [],
             **storage.ray_storage(),
