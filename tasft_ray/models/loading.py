@@ -95,14 +95,19 @@ def weights_seed(cfg: ModelConfig, seed: int) -> int | None:
 
 def quiet_loading() -> None:
     """No progress bar per weights load (a Ray worker's reach the sweep's console, one per
-    model and adapter load) and no deprecation notice per adapter (peft reads a model property
-    transformers 5 deprecated): nothing a user can act on. Idempotent, per process."""
+    model and adapter load), no deprecation notice per adapter (peft reads a model property
+    transformers 5 deprecated) and no notice per adapter save of a GGUF-built base: nothing a
+    user can act on. Idempotent, per process."""
     import warnings
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    # peft looks for a hub config beside a GGUF-built base when saving an adapter; the
+    # vocabulary is the model's own either way
+    warnings.filterwarnings("ignore", message="Could not find a config file in",
+                            category=UserWarning)  # fmt: skip
 
 
 def load_model(cfg: ModelConfig, seed: int = 0):
