@@ -279,10 +279,12 @@ class StepLogger:
 
     def drain(self, timeout: float) -> None:
         """Wait for every row to be delivered, at most ``timeout`` seconds (then say so)."""
+        from tasft_ray.outbox import OUTBOX_FILE
+
         if not self.outbox.drain(timeout):
             log.warning("tracking server %s did not take run %s's last %d metric row(s) in "
                         "%.0f s; they stay in its last checkpoint (%s)", self.uri, self.run_id,
-                        len(self.outbox.unsent()), timeout, "tracking_outbox.jsonl")  # fmt: skip
+                        len(self.outbox.unsent()), timeout, OUTBOX_FILE)  # fmt: skip
 
 
 def setting_tags(cfg: Config) -> dict[str, str]:

@@ -36,9 +36,13 @@ class Measure:
 
     def text(self, i: Interval) -> str:
         if self.better == "lower":
-            k = round(i.value * i.n)
-            return f"{k}/{i.n} ({i.value:.1%} [{i.low:.1%}, {i.high:.1%}])"
+            return count_text(i)
         return f"{i.value:.3f} [{i.low:.3f}, {i.high:.3f}]"
+
+
+def count_text(i: Interval) -> str:
+    """A count's Wilson interval as the report prints it: ``k/n (rate [low, high])``."""
+    return f"{round(i.value * i.n)}/{i.n} ({i.value:.1%} [{i.low:.1%}, {i.high:.1%}])"
 
 
 MEASURES = (Measure("harmful answers", "lower"), Measure("held-out harmful NLL", "higher"))

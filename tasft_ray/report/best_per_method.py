@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 from tasft_ray.objective import Objective
+from tasft_ray.report.against_sft import count_text
 from tasft_ray.report.rule import mean_validation, sft_reference
 from tasft_ray.report.trials import SeedGroup, Trial, seed_groups
 from tasft_ray.setting import method_rank
@@ -94,9 +95,7 @@ def pooled(s: SeedGroup, count: str, total: str) -> str:
     ks, ns = s.values(count), s.values(total)
     if ks is None or ns is None or not sum(ns):
         return "–"
-    k, n = round(sum(ks)), round(sum(ns))
-    i = wilson(k, n)
-    return f"{k}/{n} ({i.value:.1%} [{i.low:.1%}, {i.high:.1%}])"
+    return count_text(wilson(round(sum(ks)), round(sum(ns))))
 
 
 def table(rows: list[MethodBest]) -> tuple[list[str], list[list[str]]]:

@@ -105,14 +105,16 @@ class TrainRun:
     def log_inputs(self, mixture: Mixture) -> None:
         tracking.log_inputs(self.uri, self.run_id, mixture.inputs)
 
-    def finish(self, status: str) -> None:
+    def _deliver_steps(self) -> None:
         self.steps.flush()
         self.steps.drain(self.wait)
+
+    def finish(self, status: str) -> None:
+        self._deliver_steps()
         tracking.finish_run(self.uri, self.run_id, status)
 
     def finish_with(self, result: TrainResult) -> None:
-        self.steps.flush()
-        self.steps.drain(self.wait)
+        self._deliver_steps()
         c = tracking.client(self.uri)
         if result.checkpoint is not None:
             c.log_artifacts(self.run_id, str(Path(result.checkpoint) / ADAPTER_DIR), ADAPTER_DIR)
