@@ -49,13 +49,6 @@ def response_nlls(
     return per, sum(sums) / sum(counts)
 
 
-def response_nll(
-    model, tokenizer, examples: list[Example], max_length: int = 256, batch_size: int = 8
-) -> float:
-    """Mean NLL per response token over all the responses (every token weighted equally)."""
-    return response_nlls(model, tokenizer, examples, max_length, batch_size)[1]
-
-
 def likelihood_sets(e: EvalConfig, root: str | None) -> dict[str, list[Example]]:
     """The held-out responses of each set in ``eval.likelihood`` (first ``likelihood_max``)."""
     return {
