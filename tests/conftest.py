@@ -49,6 +49,11 @@ if "TASFT_CACHE_DIR" not in os.environ:  # one per session (xdist workers inheri
 # a hub lookup fail at once (the same one-line error) instead of after a minute of retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60's token auth off, locally
+# A Ray head waits 60 s for its dashboard to come up, then fails: on two cores under the other
+# xdist worker's load a cluster's head has missed that (CI, stop 38). Read when Ray is imported,
+# so set here for every process the tests start, and on the imported module for the in-process
+# multi-node cluster.
+os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
 
 SWEEP_TIMEOUT = 900
 ERROR = "tasft-ray: error: "
@@ -409,8 +414,11 @@ def s3(tmp_path_factory) -> Iterator[str]:
 def cluster(tmp_path_factory):
     """A head and three worker nodes, each its own raylet with one CPU. Every node starts with
     no TASFT_DATA_DIR and an empty data cache: a worker that read data would fail."""
+    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
+    timeout = int(os.environ["RAY_DASHBOARD_STARTUP_TIMEOUT_S"])
+    ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S = timeout
     empty = tmp_path_factory.mktemp("node_cache")
     saved = dict(os.environ)
     os.environ.pop("TASFT_DATA_DIR", None)
