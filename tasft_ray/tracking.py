@@ -40,8 +40,14 @@ PROGRESS_EVERY_S = 5.0  # a long run's progress metrics: at most this often (and
 
 
 def tracking_uri(cfg: Config) -> str:
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """The store, with a relative sqlite path made absolute against this process's folder: a
+    Ray worker runs in another folder, and ``sqlite:///m.db`` would be a second, empty store
+    there (the driver's runs "not found" in it)."""
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    path = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and path and not path.startswith("/"):
+        return f"sqlite:///{Path(path).expanduser().absolute()}"
+    return uri
 
 
 def check_reachable(uri: str, timeout: float = 5.0, existing: bool = False) -> None:

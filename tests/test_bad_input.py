@@ -322,10 +322,10 @@ CASES: list[Case] = [
     cfg("services", "tracking.uri=https://", command="evaluate",
         expect="tracking.uri https://: MLflow server unreachable (no host given)"),
     cfg("services", "tracking.uri=sqlite:///notes.txt", command="evaluate", files={
-        "notes.txt": "my notes\n"}, expect="tracking.uri sqlite:///notes.txt: notes.txt is not an "
-        "SQLite database"),
+        "notes.txt": "my notes\n"}, expect="tracking.uri sqlite:///$PWD/notes.txt: "
+        "$PWD/notes.txt is not an SQLite database"),
     cfg("services", "tracking.uri=sqlite:///mlruns", command="generate", dirs=("mlruns",),
-        expect="tracking.uri mlruns: is a folder, expected a file"),
+        expect="tracking.uri $PWD/mlruns: is a folder, expected a file"),
     cfg("services", "eval.output_dir=results.json", command="evaluate",
         files={"results.json": "{}\n"}, expect="eval.output_dir results.json: is a file, "
         "expected a folder"),

@@ -138,3 +138,25 @@ def test_test_hooks_live_in_their_own_section():
     with pytest.raises(ConfigError, match="engine.fail_at_step: unknown key"):
         load_config("tiny", ["engine.fail_at_step=3"])
     assert load_config("tiny", ["testing.fail_at_step=3"]).testing.fail_at_step == 3
+
+
+def test_a_relative_sqlite_store_is_the_one_in_the_folder_the_command_ran_in(
+    tmp_path, monkeypatch
+):
+    """Ray workers run in other folders: the sweep's config carries the store's absolute path,
+    so a trial logs to the driver's store, not to an empty one beside itself."""
+    from tasft_ray.sweep.paths import resolve_paths
+    from tasft_ray.tracking import tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mine = f"sqlite:///{tmp_path / 'm.db'}"
+    cfg = resolve_paths(load_config("tiny", ["tracking.uri=sqlite:///m.db"]))
+    assert cfg.tracking.uri == mine
+    assert resolve_paths(load_config("tiny")).tracking.uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert tracking_uri(load_config("tiny")) == f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.chdir(tmp_path / "..")  # a worker's folder: the resolved store stays the same
+    assert tracking_uri(cfg) == mine
+    for kept in ("sqlite:////abs/m.db", "http://127.0.0.1:5000"):
+        assert tracking_uri(load_config("tiny", [f"tracking.uri={kept}"])) == kept

@@ -128,7 +128,9 @@ def test_a_training_loss_cannot_rank_trials_with_different_lambda():
 
 def _search_args(tmp_path: Path, *sets: str) -> list[str]:
     args = ["tasft_ray.tune", "--config", "tiny-search"]
-    for s in (f"tracking.uri={sqlite_uri(tmp_path)}",
+    # relative to the driver's folder (tmp_path, where the tests read it): trials, which run in
+    # Ray's folders, must log to the same store
+    for s in ("tracking.uri=sqlite:///mlflow.db",
               f"sweep.storage={tmp_path / 'ray'}", "train.max_steps=6", *sets):  # fmt: skip
         args += ["--set", s]
     return args

@@ -11,15 +11,17 @@ from typing import Any
 from tasft_ray.config import Config, ConfigError, parse_config
 from tasft_ray.files import cache_root
 from tasft_ray.storage import Location, location
+from tasft_ray.tracking import tracking_uri
 
 SWEEP_CONFIG = "sweep_config.yaml"
 RAY_JOB_COPY = "/runtime_resources/working_dir_files/"  # Ray's copy of a job's working dir
 
 
 def resolve_paths(cfg: Config) -> Config:
-    """Absolute local paths (storage, cache, data), so every process of this machine means the
-    same folders whatever its cwd; a storage URI is kept as it is."""
+    """Absolute local paths (storage, cache, data, a sqlite tracking store), so every process
+    of this machine means the same folders whatever its cwd; a storage URI is kept as it is."""
     overrides: dict[str, Any] = {
+        "tracking.uri": tracking_uri(cfg),
         "sweep.storage": location(cfg.sweep.storage, "sweep.storage").uri,
         "model.cache_dir": str(cache_root(cfg.model.cache_dir).resolve()),
     }
