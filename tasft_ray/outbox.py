@@ -147,11 +147,11 @@ class MetricOutbox:
                 time.sleep(PAUSES[min(attempt, len(PAUSES) - 1)])
                 attempt += 1
                 continue
+            if self.down_since is not None:  # said before drain() can return: in order
+                log.warning("tracking server %s answers again after %.0f s: held metric rows "
+                            "delivered", self.uri, time.monotonic() - self.down_since)  # fmt: skip
+                self.down_since, attempt = None, 0
             with self.cond:
                 self.sending, self._in_flight = 0, []
                 self.delivered += len(batch)
                 self.cond.notify_all()
-            if self.down_since is not None:
-                log.warning("tracking server %s answers again after %.0f s: held metric rows "
-                            "delivered", self.uri, time.monotonic() - self.down_since)  # fmt: skip
-                self.down_since, attempt = None, 0
