@@ -39,14 +39,22 @@ CONTEXT_TAG, ROWS_TAG = "mlflow.data.context", "tasft.rows"  # a dataset input's
 PROGRESS_EVERY_S = 5.0  # a long run's progress metrics: at most this often (and at flushes)
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_file(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` store; None for any other store."""
+    return uri.removeprefix(SQLITE) if uri.startswith(SQLITE) else None
+
+
 def tracking_uri(cfg: Config) -> str:
     """The store, with a relative sqlite path made absolute against this process's folder: a
     Ray worker runs in another folder, and ``sqlite:///m.db`` would be a second, empty store
     there (the driver's runs "not found" in it)."""
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    path = uri.removeprefix("sqlite:///")
-    if uri.startswith("sqlite:///") and path and not path.startswith("/"):
-        return f"sqlite:///{Path(path).expanduser().absolute()}"
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}mlflow.db"
+    db = sqlite_file(uri)
+    if db and not db.startswith("/"):
+        return f"{SQLITE}{Path(db).expanduser().absolute()}"
     return uri
 
 
@@ -71,8 +79,9 @@ def check_reachable(uri: str, timeout: float = 5.0, existing: bool = False) -> N
             f"tracking.uri {uri}: no scheme; an MLflow server is http://{uri}, a local store "
             "sqlite:///ABS/PATH/mlflow.db"
         )
-    if uri.startswith("sqlite:///"):
-        check_writable(uri.removeprefix("sqlite:///"), "tracking.uri", folder=False)
+    db = sqlite_file(uri)
+    if db is not None:
+        check_writable(db, "tracking.uri", folder=False)
         if not has_store(uri):
             if existing:
                 raise ConfigError(
@@ -80,11 +89,11 @@ def check_reachable(uri: str, timeout: float = 5.0, existing: bool = False) -> N
                     "set tracking.uri or MLFLOW_TRACKING_URI to the store the runs went to"
                 )
             return  # created by the first run logged there
-        with open(uri.removeprefix("sqlite:///"), "rb") as f:
+        with open(db, "rb") as f:
             header = f.read(16)
         if header and header != SQLITE_HEADER:
             raise ConfigError(
-                f"tracking.uri {uri}: {uri.removeprefix('sqlite:///')} is not an SQLite "
+                f"tracking.uri {uri}: {db} is not an SQLite "
                 "database; point it at an MLflow store (or a path for a new one)"
             )
     try:
@@ -102,22 +111,24 @@ HOST_PORT = re.compile(r"^[\w.-]+:\d+(/.*)?$")  # localhost:5000, a server witho
 
 def has_store(uri: str) -> bool:
     """False for a sqlite store whose file does not exist yet (no run can be in it)."""
-    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+    db = sqlite_file(uri)
+    return db is None or Path(db).is_file()
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """Beside a sqlite store; without it Ray workers would put artifacts under /tmp/ray."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
-    return None
+    db = sqlite_file(uri)
+    if db is None:
+        return None
+    return (Path(db).parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):  # MLflow creates the database, not its folder
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_file(uri)
+    if db is not None:  # MLflow creates the database, not its folder
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 

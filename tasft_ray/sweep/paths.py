@@ -11,7 +11,7 @@ from typing import Any
 from tasft_ray.config import Config, ConfigError, parse_config
 from tasft_ray.files import cache_root
 from tasft_ray.storage import Location, location
-from tasft_ray.tracking import tracking_uri
+from tasft_ray.tracking import sqlite_file, tracking_uri
 
 SWEEP_CONFIG = "sweep_config.yaml"
 RAY_JOB_COPY = "/runtime_resources/working_dir_files/"  # Ray's copy of a job's working dir
@@ -40,8 +40,7 @@ def check_results_last(storage: Location, tracking_uri: str) -> None:
     cwd = os.getcwd()
     if RAY_JOB_COPY not in cwd + "/":
         return
-    sqlite = "sqlite:///"
-    store = tracking_uri.removeprefix(sqlite) if tracking_uri.startswith(sqlite) else None
+    store = sqlite_file(tracking_uri)
     inside = [
         what
         for what, path in (
