@@ -171,7 +171,7 @@ def test_sweep_across_nodes_survives_losing_one_and_a_tracking_outage(
                 victim = next(n for n in ranks if n is not None)
                 cluster[0].remove_node(victim, allow_graceful=False)
                 removed = victim.node_id
-            elif removed is not None and done >= 9:  # restored, past step 8's validation
+            elif removed is not None and done >= 9:  # step 12's checkpoint logged: 13-20 left
                 tracking_server.stop()
                 outage = time.time()
                 time.sleep(31)  # the acceptance's "at least 30 s"
