@@ -92,6 +92,7 @@ def short_path(folder: Path) -> Path:
     if not (link.is_symlink() and Path(os.readlink(link)) == folder):
         link.unlink(missing_ok=True)
         link.symlink_to(folder)
+        atexit.register(link.unlink, missing_ok=True)  # gone with the pytest process
     return link
 
 
