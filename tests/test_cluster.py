@@ -27,6 +27,7 @@ from conftest import (
     TUNE_ERROR,
     FaultyS3,
     adapter_loss,
+    cli_env,
     free_ports,
     metric_steps,
     sqlite_uri,
@@ -43,13 +44,10 @@ TIMEOUT = 900
 
 def _env(tmp_path: Path, cluster, s3: str, mlflow_url: str, data: Path | None) -> dict:
     c, _ = cluster
-    env = dict(os.environ, RAY_ADDRESS=c.address, RAY_AUTH_MODE="disabled",
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", AWS_ENDPOINT_URL=s3,
-               MLFLOW_TRACKING_URI=mlflow_url, **AWS)  # fmt: skip
+    env = cli_env(tmp_path, c.address, AWS_ENDPOINT_URL=s3, MLFLOW_TRACKING_URI=mlflow_url, **AWS)
     env.pop("TASFT_DATA_DIR", None)
     if data is not None:
         env["TASFT_DATA_DIR"] = str(data)
-    env["TMPDIR"] = str(tmp_path)
     return env
 
 
