@@ -7,14 +7,15 @@ and LoRA weights after 3 steps) for every method, and as the reference loss unde
 without ZeRO is test_train.py's), with an untied head and with a tied, soft-capped (Gemma-style)
 one, and across a checkpoint + restore.
 
-Everything runs in one pair of spawned processes (one DeepSpeed JIT build, one rendezvous):
-a Ray Tune trial per case would cost minutes. The Ray path with a real crash under ZeRO-3 is
+Everything runs in one pair of spawned processes (one rendezvous): a Ray Tune trial per case
+would cost minutes. The Ray path with a real crash under ZeRO-3 is
 ``test_tune.py::test_grid_of_engines_and_methods_with_crashes_evaluation_and_report``, which
 runs the default ``loss.impl`` (fused, asserted below).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -186,6 +187,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
         WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD),
     )  # fmt: skip
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(out_dir) / "torch_extensions")  # JIT builds
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
     import deepspeed
@@ -221,6 +223,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             method, engine, tied, out / "ckpt", rank, counter, probe
         )
     torch.save(results, out / f"rank{rank}.pt")
+    shm = deepspeed.comm.comm.cdb.shm_comm_op is not None
+    (out / f"rank{rank}_comm.json").write_text(json.dumps({"shm_op": shm}))
     torch.distributed.destroy_process_group()
 
 
@@ -231,12 +235,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def zero3_runs(tmp_path_factory) -> dict:
+def zero3_out(tmp_path_factory) -> Path:
+    """The two ranks' results (rank{r}.pt, rank{r}_comm.json) and their JIT-build folder."""
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("zero3")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def zero3_runs(zero3_out) -> dict:
+    out = zero3_out
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     for key, res in ranks[1].items():  # every rank reports the group's loss
         assert res["losses"] == pytest.approx(ranks[0][key]["losses"], abs=1e-7), key
@@ -301,6 +312,15 @@ def test_zero3_fused_restore_matches_an_uninterrupted_run(zero3_runs):
     assert restored["loss"] == pytest.approx(straight["losses"][-1], abs=1e-6)
     for name, value in straight["adapter"].items():
         torch.testing.assert_close(restored["adapter"][name], value, rtol=0, atol=1e-6)
+
+
+def test_deepspeed_on_cpu_compiles_nothing(zero3_out):
+    """DeepSpeed's communication backend would JIT-compile its shared-memory op (inference only,
+    30-60 s of C++) at start; the engine keeps it from that: no op, nothing built."""
+    for rank in range(WORLD):
+        assert json.loads((zero3_out / f"rank{rank}_comm.json").read_text()) == {"shm_op": False}
+    built = zero3_out / "torch_extensions"
+    assert not built.exists() or not any(built.rglob("*.so")), sorted(built.rglob("*"))
 
 
 def test_ray_zero3_case_runs_the_fused_loss():

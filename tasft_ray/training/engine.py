@@ -110,6 +110,22 @@ class TorchEngine:
         yield
 
 
+def _skip_shm_comm_build(deepspeed) -> None:
+    """Keep DeepSpeed from JIT-compiling its ``deepspeed_shm_comm`` op on CPU.
+
+    Its communication backend builds that op when it starts (30-60 s of C++ per machine and
+    venv path, and a compiler must be installed), yet the op serves only DeepSpeed-Inference's
+    ``inference_all_reduce``; ZeRO training's collectives go through torch.distributed (gloo
+    here). DeepSpeed reads whether an op may be built from ``deepspeed.ops.__compatible_ops__``,
+    a dict it keeps once computed, so marking the op unbuildable there before
+    ``deepspeed.initialize`` leaves the backend without it. GPU accelerators have no such op.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedEngine:
     """DeepSpeed ZeRO over the peft model; DeepSpeed owns accumulation and clipping."""
 
@@ -124,6 +140,7 @@ class DeepSpeedEngine:
     ):
         import deepspeed
 
+        _skip_shm_comm_build(deepspeed)
         self.peft_model, self.rank, self.zero_stage = peft_model, rank, e.zero_stage
         ds_config = {
             "train_micro_batch_size_per_gpu": t.micro_batch_size,
