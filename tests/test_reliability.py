@@ -19,24 +19,19 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    SWEEP_TIMEOUT,
     TUNE_ERROR,
     cli_env,
     one_line,
     run_cli,
     sets,
     sqlite_uri,
-    start_group,
-    stop_group,
     sweep_runs,
     tune_args,
-    wait_for,
 )
 
 from tasft_ray import tracking
 from tasft_ray.errors import UserError, find_user_error
 from tasft_ray.files import LOCK_FILE, output_lock
-from tasft_ray.sweep.paths import SWEEP_CONFIG
 
 
 def _train_args(out: Path, *overrides: str) -> list[str]:
@@ -185,67 +180,6 @@ def test_trial_failing_in_its_train_worker_is_one_line_per_trial(tmp_path, head_
     _, parents, children = sweep_runs(sqlite_uri(tmp_path))
     assert [p.info.status for p in parents] == ["FAILED"]
     assert [c.info.status for c in children] == ["FAILED"]
-
-
-# ----------------------------------------------------------------------------- interrupted sweeps
-
-
-def test_killed_in_start_up_then_ctrl_c_then_resumed_to_the_end(tmp_path, head_env, cli_main):
-    """One sweep through every interruption: SIGKILL as it starts (before Tune saved any
-    state), which a plain rerun refuses to overwrite and --resume restarts; Ctrl-C while a
-    trial trains, which exits 130 with the parent and child runs KILLED and the unfinished and
-    unstarted trials listed; --resume again, which finishes both trials with every step once."""
-    args = tune_args(tmp_path, "sweep.max_concurrent_trials=1", "engine.kind=ddp",
-                     "train.max_steps=8", "train.checkpoint_every=4",
-                     "sweep.space={loss.lam: {grid: [0, 1]}}")  # fmt: skip
-    sweep = tmp_path / "ray" / "sweep"
-    log = tmp_path / "start.log"
-    proc = start_group([sys.executable, "-m", *args], log, head_env, cwd=tmp_path)
-    try:
-        wait_for(lambda: (sweep / SWEEP_CONFIG).exists(), 120, every=0.05)
-    finally:
-        stop_group(proc, signal.SIGKILL)  # as the sweep starts
-    # The driver saves its config only once the data is prepared, right before Tune starts: to
-    # meet the state a kill in between leaves every time, Tune's own files go too.
-    for state in {*sweep.glob("*.pkl"), *sweep.glob("experiment_state*")}:
-        state.unlink()
-    # refused before any work: in this process
-    assert f"pass --resume {sweep} to finish it" in cli_main("tune", *args[1:], prefix=TUNE_ERROR)
-
-    resume = ["tasft_ray.tune", "--resume", str(sweep)]
-    log = tmp_path / "driver.log"
-    proc = start_group([sys.executable, "-m", *resume], log, head_env, cwd=tmp_path)
-    try:
-
-        def training() -> bool:  # a trial is training and has logged
-            if not (sweep / tracking.PARENT_RUN_FILE).exists():
-                return False
-            c, _, children = sweep_runs(sqlite_uri(tmp_path))
-            return any(c.get_metric_history(ch.info.run_id, "loss/total") for ch in children)
-
-        wait_for(training, SWEEP_TIMEOUT, proc, log, every=0.5)
-        proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver
-        code = proc.wait(timeout=300)
-    finally:
-        stop_group(proc, signal.SIGKILL)
-    out = log.read_text()
-    assert code == 130, out[-3000:]
-    # one trial was training, the grid's second (one at a time) was never started
-    assert "interrupted with 1 trial(s) unfinished (run_trial_" in out
-    assert "and 1 not started; finish them with --resume" in out
-    _, parents, children = sweep_runs(sqlite_uri(tmp_path))
-    assert [p.info.status for p in parents] == ["KILLED"]
-    assert children and all(ch.info.status == "KILLED" for ch in children), [
-        ch.info.status for ch in children
-    ]
-
-    run_cli(resume, tmp_path, head_env, ok=True)
-    c, parents, children = sweep_runs(sqlite_uri(tmp_path))
-    assert [p.info.status for p in parents] == ["FINISHED"]
-    assert len(children) == 2 and all(ch.info.status == "FINISHED" for ch in children)
-    for ch in children:
-        steps = sorted(m.step for m in c.get_metric_history(ch.info.run_id, "loss/total"))
-        assert steps == list(range(1, 9))
 
 
 # ----------------------------------------------------------------------------- one writer

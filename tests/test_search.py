@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     SWEEP_TIMEOUT,
+    TUNE_ERROR,
     check_png,
     run_cli,
     sqlite_uri,
@@ -26,6 +27,7 @@ from tasft_ray.config import ConfigError, load_config
 from tasft_ray.objective import INFEASIBLE, Constraint, Objective, pareto_front
 from tasft_ray.report.rule import best_lambda
 from tasft_ray.report.trials import Trial
+from tasft_ray.sweep.paths import SWEEP_CONFIG
 
 OBJ = Objective(
     "val/harm_score",
@@ -141,44 +143,71 @@ def _runs(tmp_path: Path, sweep: str):
     return c, parent, kids
 
 
-def test_adaptive_search_killed_and_resumed_validates_and_stops_by_the_objective(
-    tmp_path, head_env
+def test_adaptive_search_killed_interrupted_and_resumed_validates_and_stops_by_the_objective(
+    tmp_path, head_env, cli_main
 ):
     """Optuna over λ with ASHA on the objective and an SFT reference for the *_vs_sft bound,
     validated in training by the sweep's shared evaluation stage (a validation takes longer than
-    the tiny model's two steps, so some are in flight); the driver SIGKILLed once a trial has
-    finished, then
-    --resume: the reference and the finished trial are not rerun, the search spends its
-    remaining budget, and no val/* step is missing or doubled."""
+    the tiny model's two steps, so some are in flight), through every interruption: SIGKILL as
+    it starts (before Tune saved any state), which a plain rerun refuses to overwrite and
+    --resume restarts; Ctrl-C while the first trial trains, which exits 130 with the parent and
+    that trial's run KILLED and the unfinished and unstarted trials listed; --resume again: the
+    reference, finished before, is not rerun, the interrupted trial goes on in its own run, the
+    search spends its remaining budget, and no val/* step is missing or doubled."""
     args = _search_args(tmp_path, "sweep.num_samples=2", "eval.stage.mode=shared",
                         "eval.validation.max_prompts=4")  # fmt: skip
-    log = tmp_path / "driver.log"
+    sweep = tmp_path / "ray" / "tiny-search"
+    log = tmp_path / "start.log"
     proc = start_group([sys.executable, "-m", *args], log, head_env, cwd=tmp_path)
-    marker = tmp_path / "ray" / "tiny-search" / "mlflow_parent_run_id"
+    try:
+        wait_for(lambda: (sweep / SWEEP_CONFIG).exists(), 120, every=0.05)
+    finally:
+        stop_group(proc, signal.SIGKILL)  # as the sweep starts
+    # The driver saves its config only once the data is prepared, right before Tune starts: to
+    # meet the state a kill in between leaves every time, Tune's own files go too.
+    for state in {*sweep.rglob("*.pkl"), *sweep.rglob("experiment_state*")}:
+        state.unlink()
+    # refused before any work: in this process
+    assert f"pass --resume {sweep} to finish it" in cli_main("tune", *args[1:], prefix=TUNE_ERROR)
 
-    def finished_trial():
-        if not marker.exists():  # the driver has not made its store and parent run yet
+    resume = ["tasft_ray.tune", "--resume", str(sweep)]
+    log = tmp_path / "driver.log"
+    proc = start_group([sys.executable, "-m", *resume], log, head_env, cwd=tmp_path)
+
+    def training():  # a search trial (the reference has finished) is training and has logged
+        if not (sweep / tracking.PARENT_RUN_FILE).exists():
             return None
-        _, _, kids = _runs(tmp_path, "tiny-search")
+        c, _, kids = _runs(tmp_path, "tiny-search")
         done = [k for k in kids if k.info.status == "FINISHED"]
-        trials = [k for k in done if k.data.tags.get("tasft.role") != "reference"]
-        return (done, trials[0]) if trials else None
+        trials = [k for k in kids if k.data.tags.get("tasft.role") != "reference"]
+        going = [k for k in trials if c.get_metric_history(k.info.run_id, "loss/total")]
+        return (done, going[0]) if going else None
 
     try:
-        before, first = wait_for(finished_trial, SWEEP_TIMEOUT, proc, log, every=1.0)
+        before, first = wait_for(training, SWEEP_TIMEOUT, proc, log, every=0.5)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C reaches the driver
+        code = proc.wait(timeout=300)
     finally:
         stop_group(proc, signal.SIGKILL)
-    resume = ["tasft_ray.tune", "--resume", str(tmp_path / "ray" / "tiny-search")]
+    out = log.read_text()
+    assert code == 130, out[-3000:]
+    # the first search trial was training, the second (one at a time) was never started
+    assert "interrupted with 1 trial(s) unfinished (run_trial_" in out
+    assert "and 1 not started; finish them with --resume" in out
+    _, parent, kids = _runs(tmp_path, "tiny-search")
+    assert parent.info.status == "KILLED"
+    assert [k.info.status for k in kids if k.info.run_id == first.info.run_id] == ["KILLED"]
     proc = run_cli(resume, tmp_path, head_env, ok=True)
 
     c, parent, kids = _runs(tmp_path, "tiny-search")
     ref = [k for k in kids if k.data.tags.get("tasft.role") == "reference"]
     trials = [k for k in kids if k.data.tags.get("tasft.role") != "reference"]
     assert len(ref) == 1 and ref[0].data.params["loss.method"] == "sft" and len(trials) == 2
-    for done in before:  # finished before the kill: not rerun
+    assert [d.info.run_id for d in before] == [ref[0].info.run_id]  # only it had finished
+    for done in before:  # finished before the interruption: not rerun
         again = next(k for k in kids if k.info.run_id == done.info.run_id)
         assert again.info.end_time == done.info.end_time, again.info.run_name
-    assert first.info.run_id in {k.info.run_id for k in trials}
+    assert first.info.run_id in {k.info.run_id for k in trials}  # interrupted, then finished
     for k in trials:
         assert k.info.run_name.startswith("emd λ=") and k.info.run_name.endswith(" n=16 seed=0")
         steps = sorted(m.step for m in c.get_metric_history(k.info.run_id, "val/harm_score"))
