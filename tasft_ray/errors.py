@@ -43,10 +43,12 @@ def find_user_error(exc: BaseException) -> UserError | None:
         if id(e) in seen:
             continue
         seen.add(id(e))
-        held = [v for v in vars(e).values() if isinstance(v, BaseException)]
+        # an ExceptionGroup has no __dict__ (vars() raises); it holds its errors in .exceptions
+        values = [*getattr(e, "__dict__", {}).values(), getattr(e, "exceptions", None)]
+        held = [v for v in values if isinstance(v, BaseException)]
         held += [
             x
-            for v in vars(e).values()
+            for v in values
             if isinstance(v, dict | list | tuple)
             for x in (v.values() if isinstance(v, dict) else v)
             if isinstance(x, BaseException)

@@ -359,6 +359,12 @@ def test_ray_job_submit_to_the_cluster_head(tmp_path, cluster, s3, mlflow_url):
     job = _sweep_cmd("submitted", "train.max_steps=2", "train.num_workers=1",
                      "train.placement=pack")[1:]  # fmt: skip
     job[job.index("tiny")] = "configs/tiny.yaml"
+    # Ray's job supervisor hands its entrypoint the address this machine's Ray last recorded
+    # (/tmp/ray/ray_current_cluster, "auto"), which the session heads' `ray start` also write:
+    # one started after this cluster (the other xdist worker's) took the job's trials, which
+    # then could not fetch the job's working dir. Name this cluster's head there again. (One
+    # Ray per machine, as on a real cluster, never meets it.)
+    Path("/tmp/ray/ray_current_cluster").write_text(c.head_node.gcs_address)
     proc = _submit([*submit, "python", *job], env)
     assert proc.returncode == 0, (proc.stdout[-6000:], proc.stderr[-3000:])
     assert f"results: s3://{BUCKET}/sweeps/submitted" in proc.stdout

@@ -7,6 +7,7 @@ ones that need Ray run the real CLI in a subprocess on the session's Ray head, o
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import signal
@@ -58,6 +59,11 @@ def test_find_user_error_sees_through_every_wrapper_shape():
     except _Wrapper as exc:
         assert find_user_error(exc) is inner
     assert find_user_error(RuntimeError("a bug")) is None
+    # an ExceptionGroup keeps no __dict__ (vars() raises): a trial whose actor never started
+    # once ended a sweep in a TypeError traceback instead of its error line
+    exception_group = builtins.ExceptionGroup  # Python 3.11+, where Ray's wrappers meet it
+    assert find_user_error(exception_group("trial", [RuntimeError("no"), group])) is inner
+    assert find_user_error(exception_group("trial", [RuntimeError("runtime env")])) is None
 
 
 def test_user_error_raised_inside_a_ray_actor_is_one_line(tmp_path, head_env):
