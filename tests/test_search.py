@@ -207,7 +207,7 @@ def test_adaptive_search_killed_interrupted_and_resumed_validates_and_stops_by_t
     for done in before:  # finished before the interruption: not rerun
         again = next(k for k in kids if k.info.run_id == done.info.run_id)
         assert again.info.end_time == done.info.end_time, again.info.run_name
-    assert first.info.run_id in {k.info.run_id for k in trials}  # interrupted, then finished
+    assert first.info.run_id in {k.info.run_id for k in trials}  # resumed in its own run
     for k in trials:
         assert k.info.run_name.startswith("emd λ=") and k.info.run_name.endswith(" n=16 seed=0")
         steps = sorted(m.step for m in c.get_metric_history(k.info.run_id, "val/harm_score"))
