@@ -207,14 +207,15 @@ def _two_rank_training(rank: int, init: str, steps: int, out: str) -> None:
     trainer = TASFTTrainer(cfg, rank=rank, world_size=2)
     while trainer.step < trainer.total_steps:
         trainer.train_step()
-    for name, data in trainer.adapter_files().items():  # rank 0's; collective under ZeRO-3
+    for name, data in trainer.adapter_files().items():  # rank 0's ({} on rank 1)
         (Path(out) / name).write_bytes(data)
     dist.destroy_process_group()
 
 
 def _two_rank_adapter_loss(tmp_path: Path, steps: int) -> float:
-    """The undisturbed run: the trial's training on two real gloo ranks, spawned here (a sweep
-    on the cluster would cost a minute of Ray start-up for the same numbers)."""
+    """The undisturbed run: the trial's training on two real gloo ranks. Two ranks need two
+    processes, spawned here: a sweep on the cluster would cost a minute of Ray start-up for the
+    same numbers. (test_step_metrics.py spawns its one-step pair the same way.)"""
     import multiprocessing as mp
 
     out = tmp_path / "two_ranks"

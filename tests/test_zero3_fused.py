@@ -247,8 +247,7 @@ def zero3_out(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def zero3_runs(zero3_out) -> dict:
-    out = zero3_out
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    ranks = [torch.load(zero3_out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     for key, res in ranks[1].items():  # every rank reports the group's loss
         assert res["losses"] == pytest.approx(ranks[0][key]["losses"], abs=1e-7), key
     return ranks[0]
