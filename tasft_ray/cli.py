@@ -16,7 +16,7 @@ EPILOG_TUNE = """examples:
   python -m tasft_ray.tune                                    # the embedded default
   python -m tasft_ray.tune --config tiny --smoke-test
   python -m tasft_ray.tune --config tiny --set "sweep.space={loss.lam: {grid: [0, 1]}}"
-  python -m tasft_ray.tune --config tiny --resume runs/ray/sweep
+  python -m tasft_ray.tune --resume runs/ray/sweep           # finish an interrupted sweep
   ray job submit --working-dir . -- python -m tasft_ray.tune --config tiny
 """
 

@@ -12,7 +12,7 @@ import math
 import os
 
 from tasft_ray.config import Config
-from tasft_ray.worker_env import default_train_poll, worker_env
+from tasft_ray.worker_env import default_train_poll, quiet_ray_noise, worker_env
 
 
 def logical_cpus(cfg: Config) -> int:
@@ -32,6 +32,7 @@ def init_ray(cfg: Config, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     default_train_poll()
+    quiet_ray_noise()
     runtime_env = {
         "env_vars": worker_env(cfg.engine),
         "worker_process_setup_hook": "tasft_ray.worker_env.setup_worker",

@@ -2,7 +2,7 @@
 
     python -m tasft_ray.tune                                   # configs/quickstart.yaml, local Ray
     python -m tasft_ray.tune --config tiny --set "sweep.space={loss.lam: {grid: [0, 1]}}"
-    python -m tasft_ray.tune --config tiny --resume runs/ray/sweep      # finish an interrupted one
+    python -m tasft_ray.tune --resume runs/ray/sweep       # finish an interrupted one, its config
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python -m tasft_ray.tune --config configs/paper/llama7b.yaml
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from tasft_ray.config import EngineConfig
@@ -46,6 +47,24 @@ TRAIN_POLL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 def default_train_poll() -> None:
     """Ray Train's poll interval, where the user has not chosen one (before Ray Train starts)."""
     os.environ.setdefault(*TRAIN_POLL)
+
+
+# Ray's core worker logs at ERROR, once per trial, that Ray Train's own PreemptionWatcher actor
+# (max_restarts=-1) keeps its constructor arguments in the object store (ray-project/ray#53727):
+# Ray's internals, nothing a user can act on, and it reads like a failure on the sweep's console.
+RAY_NOISE = r"has constructor arguments in the object store and max_restarts > 0"
+
+
+def quiet_ray_noise() -> None:
+    """Drop ``RAY_NOISE`` from the worker logs the driver prints, with Ray's own filter (the one
+    ``RAY_DEDUP_LOGS_SKIP_REGEX`` sets; Ray reads that variable on import, so a user's own value
+    wins and ours is set on the filter itself)."""
+    from ray._private import ray_logging
+
+    pattern = re.compile(RAY_NOISE)
+    for dedup in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        if dedup.skip_re is None:
+            dedup.skip_re = pattern
 
 
 def worker_env(e: EngineConfig) -> dict[str, str]:

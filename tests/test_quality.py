@@ -95,3 +95,12 @@ def test_tiny_model_accuracies_in_unit_interval():
 def test_unknown_task_is_one_line():
     with pytest.raises(ConfigError, match=r"eval.quality_tasks: unknown \['mmlu'\]"):
         run_quality(LongestAnswer(), ["mmlu"], None)
+
+
+def test_quality_outside_a_git_checkout_prints_nothing_from_git(tmp_path, monkeypatch, capfd):
+    """lm-eval asks git for a commit hash with git's stderr on the console: a trial's worker
+    outside a checkout printed "fatal: not a git repository" at every validation."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    run_quality(LongestAnswer(), ["piqa"], None, limit=2)
+    assert "fatal" not in capfd.readouterr().err

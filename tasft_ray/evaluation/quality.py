@@ -128,11 +128,20 @@ def run_quality(
 
 def _quiet_lm_eval() -> None:
     """lm-eval's INFO lines (seeds, selected tasks, contexts built) and the datasets library's
-    bar per task file: a run's console gets our one quality bar instead."""
+    bar per task file: a run's console gets our one quality bar instead. lm-eval also runs
+    ``git describe`` for its results' ``git_hash`` (which we never read) with git's stderr left on
+    the console: "fatal: not a git repository" at every validation of a trial whose worker runs
+    outside a git checkout (Ray's working dirs, a cluster node)."""
     import datasets
+    from lm_eval import evaluator
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     datasets.disable_progress_bars()
+    evaluator.get_git_commit_hash = _no_git_hash
+
+
+def _no_git_hash() -> None:
+    return None
 
 
 def hf_lm(model, tokenizer, batch_size: int = 8):
