@@ -6,7 +6,7 @@ The seeds ran on different boxes, so no one MLflow store holds every trial (`tas
 makes the same table, "Best feasible setting per method", from one store). The SFT search ran
 with validation only; `export-search` writes its trials from MLflow once, beside its report.
 
-    python docs/results/validation/methods.py                 # the table (README "Methods")
+    python docs/results/validation/methods.py        # the table ("Six methods at two seeds")
     python docs/results/validation/methods.py export-search --parent-run ID   # once: the search
 """
 
