@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from tasft_ray.config import ObjectiveConfig
+from tasft_ray.report.against_sft import count_text
 from tasft_ray.stats import wilson
 from tasft_ray.tracking import client
 
@@ -77,7 +78,7 @@ def table() -> str:
         lines.append(
             f"| {label} | {', '.join(str(t.get('seed', 0)) for t in trials)} "
             f"| {', '.join(str(round(x['safety/n_harmful'])) for x in f)} "
-            f"| **{k}/{n} ({interval.value:.1%} [{interval.low:.1%}, {interval.high:.1%}])** "
+            f"| **{count_text(interval)}** "
             f"| {refused}/{safe_n} | {quality:.3f} "
             f"| {', '.join('–' if d is None else f'{d:.1%}' for d in degenerate)} | {steps} |"
         )
