@@ -8,6 +8,7 @@ finish out of order, killed with validations in flight and resumed from its chec
 
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tasft_ray import tracking
 from tasft_ray.cluster import init_ray
 from tasft_ray.config import load_config
 from tasft_ray.evaluation.data import load_eval_data
-from tasft_ray.evaluation.safety import evaluate_in_process
+from tasft_ray.evaluation.safety import AnswerProgress, evaluate_in_process
 from tasft_ray.evaluation.stage import (
     EvaluationRequest,
     Evaluator,
@@ -61,19 +62,27 @@ def _answers(rows: list[dict]) -> list[tuple[str, str]]:
     return [(r["id"], r["response"]) for r in rows]
 
 
-def test_the_evaluator_answers_as_inline_and_applies_each_adapter_for_its_request(cfg, perturbed):
+def test_the_evaluator_answers_as_inline_and_applies_each_adapter_for_its_request(
+    cfg, perturbed, tmp_path
+):
     """Base, adapter with quality (lm-eval), base again: the adapter changes the answers, the
     numbers are the inline path's, and the resident model is the base model afterwards (a
     merged adapter would leak into every later request: the bug this guards against)."""
     data = load_eval_data(cfg)
     evaluator = Evaluator()
     dumped = cfg.model_dump(mode="json")
+    uri = sqlite_uri(tmp_path)
+    run_id = tracking.client(uri).create_run(tracking.ensure_experiment(uri, "e")).info.run_id
+    # as a request ships it to an evaluator actor
+    shipped = pickle.loads(pickle.dumps(AnswerProgress(tracking.LiveRun(uri, run_id))))
 
-    def staged(files, quality: bool):
-        return evaluator.evaluate(EvaluationRequest(dumped, files, data, quality))
+    def staged(files, quality: bool, progress=None):
+        return evaluator.evaluate(EvaluationRequest(dumped, files, data, quality, progress))
 
     base_rows, _ = staged({}, False)
-    rows, metrics = staged(folder_bytes(perturbed), True)
+    rows, metrics = staged(folder_bytes(perturbed), True, shipped)
+    done = tracking.client(uri).get_metric_history(run_id, "progress/prompts_done")
+    assert done[0].value == 0 and done[-1].value == done[-1].step == len(data.prompts)
     again_rows, _ = staged({}, False)
     batch = cfg.generate.batch_size  # as a trial evaluates
     inline_rows, inline_metrics = evaluate_in_process(cfg, str(perturbed), batch, True, None,

@@ -198,6 +198,9 @@ def test_grid_of_engines_and_methods_with_crashes_evaluation_and_report(tmp_path
         )
         # eval.checkpoints=all: both kept checkpoints (steps 2 and 4) evaluated, by step
         assert metric_steps(c, ch, "eval/safety/harm_score") == [2, 4]
+        # progress while each of the two answered: from 0, the last one forced
+        done = [m.value for m in c.get_metric_history(ch.info.run_id, "progress/prompts_done")]
+        assert done.count(0) == done.count(6) == 2 and set(done) <= set(range(7))
         assert "eval/step_2/responses.jsonl" in {
             a.path for a in c.list_artifacts(ch.info.run_id, "eval/step_2")
         }

@@ -41,6 +41,29 @@ RESPONSES_FILE, METRICS_FILE, ALPACA_FILE = "responses.jsonl", "metrics.json", "
 ANSWERS_TABLE = "answers.json"  # the answers as an MLflow table, beside responses.jsonl
 
 
+class AnswerProgress:
+    """progress/prompts_done and progress/prompts_per_s of an evaluation, in its run: the
+    standalone `evaluate`'s, and a trial's final evaluation (inline or on a shared evaluator),
+    which otherwise shows nothing for the hour it can take. Best effort: a tracking outage
+    costs progress rows, never the evaluation. Picklable (a request ships it to an evaluator);
+    the clock starts at its first call (0 done) in the process that answers."""
+
+    def __init__(self, run: tracking.LiveRun):
+        self.run = run
+        self.start: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = now
+        rate = done / (now - self.start) if now > self.start else 0.0
+        metrics = {"progress/prompts_done": done, "progress/prompts_per_s": rate}
+        try:
+            self.run.progress(done, metrics, force=done == total)
+        except Exception as exc:  # the outage itself is reported by whoever hits it next
+            log.debug("progress not logged: %s", exc)
+
+
 @dataclass
 class EvalResult:
     output_dir: Path
@@ -113,6 +136,8 @@ def _evaluate(
     prompts = data.prompts
     start = time.perf_counter()
     rows: list[dict] = []
+    answered = AnswerProgress(run)
+    answered(0, len(prompts))
     bar = tqdm(total=len(prompts), desc="evaluate", unit="prompt", disable=not progress)
     try:
         init_ray(cfg, num_cpus=pipeline_cpus(cfg.generate))
@@ -129,11 +154,7 @@ def _evaluate(
         for row in pipe.iter_rows():
             rows.append(clean_row(row))  # "source" is the benchmark
             bar.update(1)
-            done = {
-                "progress/prompts_done": len(rows),
-                "progress/prompts_per_s": len(rows) / (time.perf_counter() - start),
-            }
-            run.progress(len(rows), done, force=len(rows) == len(prompts))
+            answered(len(rows), len(prompts))
     finally:
         bar.close()
     seconds = time.perf_counter() - start
@@ -167,6 +188,7 @@ def evaluate_in_process(
     with_quality: bool = True,
     judge: Callable[[dict], dict] | None = None,
     data: EvalData | None = None,
+    progress: AnswerProgress | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
     """The same evaluation without Ray Data, for a Tune trial (its CPUs are already taken).
 
@@ -174,11 +196,11 @@ def evaluate_in_process(
     ``with_quality=False`` skips lm-eval and AlpacaEval (intermediate checkpoints). ``judge``:
     a ``judge_stage(cfg.eval)`` to reuse across checkpoints (one judge model load per trial).
     ``data``: the evaluation's examples, already loaded (``load_eval_data``; a sweep's driver
-    ships them), else read from the data root here.
+    ships them), else read from the data root here. ``progress``: told after each batch.
     """
     tokenizer, model = load_generator_model(cfg.model, adapter, seed=cfg.train.seed)
     return evaluate_model(cfg, model, tokenizer, data or load_eval_data(cfg), batch_size,
-                          with_quality, judge or judge_stage(cfg.eval))  # fmt: skip
+                          with_quality, judge or judge_stage(cfg.eval), progress)  # fmt: skip
 
 
 def evaluate_model(
@@ -189,12 +211,15 @@ def evaluate_model(
     batch_size: int,
     with_quality: bool,
     judge: Callable[[dict], dict],
+    progress: AnswerProgress | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
     """Answers and eval metrics of a loaded model: the code a trial's own process and the
     sweep's shared evaluators (``evaluation.stage``) both run, so their numbers agree."""
     e = cfg.eval
     prompts = data.prompts
     rows = []
+    if progress is not None:
+        progress(0, len(prompts))
     for i in range(0, len(prompts), batch_size):
         part = prompts[i : i + batch_size]
         batch = {k: [p[k] for p in part] for k in ("id", "source", "instruction", "input")}
@@ -204,6 +229,8 @@ def evaluate_model(
         )  # fmt: skip
         judged = judge(batch)
         rows += [clean_row({k: v[j] for k, v in judged.items()}) for j in range(len(part))]
+        if progress is not None:
+            progress(len(rows), len(prompts))
     metrics = summarize(rows, e.benchmarks)
     if not with_quality:
         return rows, metrics

@@ -112,7 +112,7 @@ class Evaluator:
         with self._adapted(cfg.model, cfg.train.seed, request.files) as (tokenizer, model):
             return evaluate_model(cfg, model, tokenizer, _resolved(request.data),
                                   cfg.generate.batch_size, request.with_quality,
-                                  self._judge(cfg.eval))  # fmt: skip
+                                  self._judge(cfg.eval), request.progress)  # fmt: skip
 
 
 def _resolved(value: Any) -> Any:
@@ -136,6 +136,7 @@ class EvaluationRequest:
     files: dict[str, bytes]
     data: Any  # evaluation.data.EvalData, or an ObjectRef to it
     with_quality: bool
+    progress: Any = None  # evaluation.safety.AnswerProgress: to the trial's run
 
 
 @dataclass

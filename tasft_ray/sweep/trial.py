@@ -18,6 +18,7 @@ from tasft_ray import tracking
 from tasft_ray.config import Config
 from tasft_ray.evaluation.safety import (
     RESPONSES_FILE,
+    AnswerProgress,
     evaluate_in_process,
     judge_stage,
     log_answers,
@@ -181,7 +182,8 @@ def _evaluate_trial(cfg: Config, result, uri: str, run_id: str, data,
                     evaluator=None) -> dict[str, float]:  # fmt: skip
     """eval/* of the final adapter (and, with eval.checkpoints=all, of every kept checkpoint),
     logged at each checkpoint's step; returns the final one's. Quality: final adapter only.
-    In this process, or by the sweep's shared ``evaluator`` when it has one."""
+    In this process, or by the sweep's shared ``evaluator`` when it has one; either logs
+    progress/* to the trial's run while it answers (an hour on a CPU, with nothing else to see)."""
     import torch
     from mlflow.entities import Metric
 
@@ -197,14 +199,16 @@ def _evaluate_trial(cfg: Config, result, uri: str, run_id: str, data,
     if evaluator is None:  # loaded once, not per checkpoint
         judge, data = judge_stage(cfg.eval), ray.get(data)
     for step in sorted(todo):
+        progress = AnswerProgress(tracking.LiveRun(uri, run_id))  # answers of this checkpoint
         with todo[step].as_directory() as directory:
             adapter = Path(directory) / ADAPTER_DIR
             if evaluator is None:
                 rows, metrics = evaluate_in_process(cfg, str(adapter), cfg.generate.batch_size,
-                                                    step == final_step, judge, data)  # fmt: skip
+                                                    step == final_step, judge, data,
+                                                    progress)  # fmt: skip
             else:
                 request = EvaluationRequest(cfg.model_dump(mode="json"), folder_bytes(adapter),
-                                            data, step == final_step)  # fmt: skip
+                                            data, step == final_step, progress)  # fmt: skip
                 rows, metrics = ray.get(evaluator.evaluate.remote(request))
         where = "eval" if step == final_step else f"eval/step_{step}"
         out = Path(cfg.train.output_dir) / where / RESPONSES_FILE
