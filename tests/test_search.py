@@ -194,6 +194,7 @@ def test_adaptive_search_killed_interrupted_and_resumed_validates_and_stops_by_t
     # the first search trial was training, the second (one at a time) was never started
     assert "interrupted with 1 trial(s) unfinished (run_trial_" in out
     assert "and 1 not started; finish them with --resume" in out
+    assert "Tuner.restore" not in out and "Trials did not complete" not in out  # Tune's own
     _, parent, kids = _runs(tmp_path, "tiny-search")
     assert parent.info.status == "KILLED"
     assert [k.info.status for k in kids if k.info.run_id == first.info.run_id] == ["KILLED"]

@@ -61,5 +61,18 @@ def fit(
                 name=where.name, callbacks=[interrupt.StopWatch()], **where.parent().ray_storage()
             ),
         )
-    with interrupt.sigterm_stops_tune():
-        return tuner.fit()
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(_tune_resume_hint)
+    try:
+        with interrupt.sigterm_stops_tune():
+            return tuner.fit()
+    finally:
+        tune_log.removeFilter(_tune_resume_hint)
+
+
+def _tune_resume_hint(record: logging.LogRecord) -> bool:
+    """Drops Tune's own lines on a stopped sweep, "Trials did not complete: [...]" and "Resume
+    experiment with: Tuner.restore(...)": the Python API's way back, which a user of the CLI
+    cannot take. The CLI lists the unfinished trials and the --resume command itself."""
+    lines = ("Trials did not complete", "Experiment has been interrupted")
+    return not (interrupt.stopped() and record.getMessage().startswith(lines))
