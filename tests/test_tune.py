@@ -107,6 +107,20 @@ def test_logical_cpus_never_deadlock():
     assert logical_cpus(shared) == 9
 
 
+def test_a_trial_the_scheduler_stopped_before_a_ctrl_c_is_not_unfinished():
+    """Tune saves a trial it was running at the Ctrl-C as RUNNING (--resume runs it again) and
+    one ASHA stopped earlier as TERMINATED (never run again): only the first is unfinished.
+    (test_search's Ctrl-C checks that Tune saves the running one so.)"""
+    from tasft_ray.sweep.outcome import trial_ending
+
+    assert trial_ending("RUNNING", "KILLED", stopped=True) == "unfinished"
+    assert trial_ending("PENDING", None, stopped=True) == "unfinished"
+    assert trial_ending("TERMINATED", "KILLED", stopped=True) == "stopped early"
+    assert trial_ending("TERMINATED", "RUNNING", stopped=False) == "stopped early"
+    assert trial_ending("TERMINATED", "FINISHED", stopped=True) == "ok"
+    assert trial_ending("ERROR", "FAILED", stopped=True) == "error"
+
+
 def test_unreachable_tracking_server_fails_fast(cli_main):
     start = time.perf_counter()
     line = cli_main("tune", "--config", "tiny", "--set", "tracking.uri=http://127.0.0.1:9",

@@ -74,6 +74,21 @@ def expected_trials(sweep: SweepConfig) -> int:
     return n
 
 
+def trial_ending(tune_status: str, run_status: str | None, stopped: bool) -> str:
+    """ok | error | unfinished | stopped early, from Tune's saved status of the trial, its
+    MLflow run's and whether a user stopped the sweep. Tune saves a trial it was running when
+    stopped as RUNNING (``--resume`` runs it again) and one its scheduler stopped as
+    TERMINATED (never run again): so a trial ASHA stopped before the Ctrl-C is stopped early,
+    not unfinished, and the CLI does not promise that ``--resume`` finishes it."""
+    if tune_status == "ERROR":
+        return "error"
+    if run_status == "FINISHED":
+        return "ok"
+    if stopped and tune_status != "TERMINATED":
+        return "unfinished"
+    return "stopped early"  # Tune ended it without an error before its run finished
+
+
 def sweep_outcome(
     cfg: Config, results, stopped: bool, sweep: Location, uri: str, parent: str
 ) -> SweepOutcome:
@@ -84,16 +99,7 @@ def sweep_outcome(
     by_path = {t.path: t for t in saved.trials}
     trials = [by_path[r.path] for r in results]
     ended = tracking.child_statuses(uri, parent)
-    status = {}
-    for t in trials:
-        if t.status == "ERROR":
-            status[str(t)] = "error"
-        elif ended.get(t.trial_id) == "FINISHED":
-            status[str(t)] = "ok"
-        elif stopped:
-            status[str(t)] = "unfinished"
-        else:  # Tune ended it without an error before its run finished: the scheduler did
-            status[str(t)] = "stopped early"
+    status = {str(t): trial_ending(t.status, ended.get(t.trial_id), stopped) for t in trials}
     left = max(0, expected_trials(cfg.sweep) - len(trials)) if stopped else 0
     ids = {str(t): t.trial_id for t in trials}
     return SweepOutcome(results, sweep, uri, parent, status, ids, left)
