@@ -92,8 +92,7 @@ def trial_ending(tune_status: str, run_status: str | None, stopped: bool) -> str
 def sweep_outcome(
     cfg: Config, results, stopped: bool, sweep: Location, uri: str, parent: str
 ) -> SweepOutcome:
-    """Each trial's ending. A trial whose run did not finish was cut short by a stopped sweep,
-    or else stopped early by the scheduler."""
+    """Each trial's ending (:func:`trial_ending`)."""
     # Tune's trials (names, ids, statuses) as it saved them; the grid holds their results
     saved = tune.ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem)
     by_path = {t.path: t for t in saved.trials}
