@@ -313,8 +313,13 @@ def test_optuna_search_and_asha_on_the_validated_step():
     one = load_config("tiny", ["sweep.max_concurrent_trials=1"])
     basic = search_alg(one.sweep, one.train.seed)
     assert isinstance(basic, BasicVariantGenerator) and basic.max_concurrent == 1
-    asha = scheduler(cfg.sweep, cfg.train.max_steps)
+    asha = scheduler(cfg)
     assert isinstance(asha, ASHAScheduler) and asha._time_attr == "val_step"  # a validation's step
+    assert asha._max_t == cfg.train.max_steps + 1  # never stops a trial at its last step
+    # train.max_steps searched: the longest trial's last step, not the base config's, is safe
+    space = {**cfg.sweep.model_dump()["space"], "train.max_steps": {"choice": [4, 12]}}
+    longer = cfg.with_overrides({"sweep.space": space})
+    assert cfg.train.max_steps < 12 and scheduler(longer)._max_t == 13
     assert tune_metric(cfg.sweep) == ("objective", "min")  # the objective, not a loss
     with pytest.raises(ConfigError, match="sweep.search=optuna samples its values: use choice"):
         cfg.with_overrides({"sweep.space": {"loss.lam": {"grid": [0, 1]}}})  # checked up front

@@ -105,17 +105,20 @@ def search_alg(sweep: SweepConfig, seed: int):
     return ConcurrencyLimiter(searcher, max_concurrent=sweep.max_concurrent_trials)
 
 
-def scheduler(sweep: SweepConfig, max_steps: int | None):
+def scheduler(cfg: Config):
     """ASHA (``sweep.scheduler: asha``) on the objective at validation steps, else none.
     Scheduled on the step of the checkpoint each reported objective scored (``val_step``):
     training_iteration restarts at 0 after a restore, and with the shared evaluation stage an
     objective reaches Tune some training steps after its checkpoint."""
+    sweep = cfg.sweep
     if sweep.scheduler != "asha":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
     # (the config rejects asha on a Pareto front: it has one objective here)
     # its metric comes from TuneConfig (tune_metric). ASHA stops a trial whose step reaches
-    # max_t, killing it before it logs its final metrics and adapter: one past the last step.
-    max_t = max_steps + 1 if max_steps else 10**6
+    # max_t, killing it before it logs its final metrics and adapter: one past the last step of
+    # the longest trial, where the space or a case sets train.max_steps (an SFT optimiser search)
+    steps = [c.train.max_steps for c in trial_configs(cfg)]
+    max_t = max(steps) + 1 if all(steps) else 10**6
     return ASHAScheduler(time_attr=VAL_STEP, max_t=max_t, grace_period=sweep.grace_steps)

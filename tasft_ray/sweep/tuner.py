@@ -55,7 +55,7 @@ def fit(
                 mode=mode if one else None,
                 num_samples=cfg.sweep.num_samples,
                 search_alg=search_alg(cfg.sweep, cfg.train.seed),  # holds the concurrency
-                scheduler=scheduler(cfg.sweep, cfg.train.max_steps),
+                scheduler=scheduler(cfg),
             ),
             run_config=tune.RunConfig(
                 name=where.name, callbacks=[interrupt.StopWatch()], **where.parent().ray_storage()
