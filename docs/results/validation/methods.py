@@ -64,7 +64,7 @@ def table() -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     pooled = {}
-    for label, method, folders, searched in ROWS:
+    for label, method, folders, search_trials in ROWS:
         trials = trials_of(method, folders)
         if not trials:
             lines.append(f"| {label} | – | not run | | | | | |")
@@ -79,7 +79,7 @@ def table() -> str:
         steps = sum(steps_of(t) for t in trials)
         if search:
             started = sorted(search["trials"], key=lambda t: t["start_time"])
-            steps += sum(t["steps"] for t in started[:searched])
+            steps += sum(t["steps"] for t in started[:search_trials])
         lines.append(
             f"| {label} | {', '.join(str(t.get('seed', 0)) for t in trials)} "
             f"| {', '.join(str(round(x['safety/n_harmful'])) for x in f)} "
